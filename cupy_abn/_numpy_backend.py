@@ -1,0 +1,157 @@
+"""The NumPy backend: the readable statement of the algorithm that the kernels match.
+
+Every stage is vectorized over the whole tensor viewed as ``(N, C, S)``; nothing loops over
+elements or channels in Python.  The per-channel stages mirror ``kernels/channel_*.cu`` line by
+line, the elementwise stages mirror ``kernels/normalize_activate.cu`` and
+``kernels/grad_input.cu``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._activations import ACTIVATIONS
+from ._state import (BETA, COEF_A, COEF_B, COEF_K, G, INVSTD, MEAN, N_COEF, N_ROWS, SCALE,
+                     T_XHAT_FROM_X, T_XHAT_FROM_Y, T_Y, VAR)
+
+
+def accum_dtype(dtype) -> np.dtype:
+    """float64 for float64 data, float32 otherwise (SPEC.md, "Precision")."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def _as_ncs(a: np.ndarray) -> np.ndarray:
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _sign(gamma: np.ndarray, acc) -> np.ndarray:
+    """d|gamma|/dgamma with the reference's convention: +1 at zero, so a zero gamma learns."""
+    return np.where(gamma < 0, -1.0, 1.0).astype(acc)
+
+
+class NumpyBackend:
+    """Stages of the forward and backward pass for NumPy arrays (see ``cupy_abn.api``)."""
+
+    name = "numpy"
+
+    def empty_like(self, a):
+        return np.empty_like(a)
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype)
+
+    def ascontiguous(self, a):
+        return np.ascontiguousarray(a)
+
+    # ---- forward -------------------------------------------------------------------------
+    def moments(self, x):
+        """Per-channel ``(count, mean, m2)`` partials, each ``(C, 1)``, and the shift.
+
+        The data are shifted by the channel's first element before summing, so that a large
+        common offset (mean 1e4, std 1e-2 in float32) does not swamp the deviations.
+        """
+        acc = accum_dtype(x.dtype)
+        x3 = _as_ncs(x)
+        n, c, s = x3.shape
+        shift = x3[0, :, 0].astype(acc)
+        d = x3.astype(acc) - shift[None, :, None]
+        count = np.full((c, 1), n * s, dtype=acc)
+        mean = (d.sum(axis=(0, 2), dtype=acc) / acc.type(n * s))[:, None]
+        m2 = np.square(d - mean[None, :, 0, None]).sum(axis=(0, 2), dtype=acc)[:, None]
+        return count, mean, m2, shift
+
+    def channel_train(self, count, mean, m2, shift, gamma, beta, running_mean, running_var,
+                      *, eps, decay, abs_gamma):
+        """Merge the partials (Chan), finish the statistics, update the running ones."""
+        acc = mean.dtype
+        n = count.sum(axis=1)
+        mu = (count * mean).sum(axis=1) / n
+        m2_total = m2.sum(axis=1) + (count * np.square(mean - mu[:, None])).sum(axis=1)
+        stats = np.empty((N_ROWS, mean.shape[0]), dtype=acc)
+        stats[MEAN] = shift + mu
+        stats[VAR] = m2_total / n
+        self._finish(stats, gamma, beta, eps, abs_gamma)
+        if running_mean is not None:
+            unbiased = stats[VAR] * n / (n - 1)
+            running_mean[...] = decay * running_mean.astype(acc) + (1 - decay) * stats[MEAN]
+            running_var[...] = decay * running_var.astype(acc) + (1 - decay) * unbiased
+        return stats
+
+    def channel_eval(self, gamma, beta, running_mean, running_var, *, eps, abs_gamma, acc):
+        stats = np.empty((N_ROWS, gamma.shape[0]), dtype=acc)
+        stats[MEAN] = running_mean
+        stats[VAR] = running_var
+        self._finish(stats, gamma, beta, eps, abs_gamma)
+        return stats
+
+    @staticmethod
+    def _finish(stats, gamma, beta, eps, abs_gamma):
+        acc = stats.dtype
+        g = gamma.astype(acc)
+        stats[INVSTD] = 1 / np.sqrt(stats[VAR] + acc.type(eps))
+        stats[G] = np.abs(g) + acc.type(eps) if abs_gamma else g
+        stats[SCALE] = stats[G] * stats[INVSTD]
+        stats[BETA] = beta
+
+    def normalize_activate(self, x, out, stats, activation, param):
+        """out = phi((x - mean) * g * invstd + beta); ``out`` may be ``x``."""
+        act = ACTIVATIONS[activation]
+        x3 = _as_ncs(x)
+        col = lambda row: stats[row][None, :, None]  # noqa: E731
+        y = (x3.astype(stats.dtype) - col(MEAN)) * col(SCALE) + col(BETA)
+        _as_ncs(out)[...] = act.forward(y, stats.dtype.type(param))
+
+    # ---- backward ------------------------------------------------------------------------
+    def _dy_and_t(self, z, dz, x, stats, activation, param, t):
+        """dy = dz * phi'(y) and the t of the mode, both from z (and x for plain ABN)."""
+        act = ACTIVATIONS[activation]
+        acc = stats.dtype
+        p = acc.type(param)
+        z3 = _as_ncs(z).astype(acc)
+        dy = _as_ncs(dz).astype(acc) * act.derivative(z3, p)
+        col = lambda row: stats[row][None, :, None]  # noqa: E731
+        if t == T_XHAT_FROM_X:
+            tt = (_as_ncs(x).astype(acc) - col(MEAN)) * col(INVSTD)
+        elif t == T_XHAT_FROM_Y:
+            tt = (act.inverse(z3, p) - col(BETA)) / col(G)
+        else:
+            tt = act.inverse(z3, p)
+        return dy, tt
+
+    def grad_sums(self, z, dz, x, stats, activation, param, t):
+        """Per-channel partial sums ``(sum dy, sum dy * t)``, each ``(C, 1)``."""
+        dy, tt = self._dy_and_t(z, dz, x, stats, activation, param, t)
+        acc = stats.dtype
+        return (dy.sum(axis=(0, 2), dtype=acc)[:, None],
+                (dy * tt).sum(axis=(0, 2), dtype=acc)[:, None])
+
+    def channel_backward(self, sum_dy, sum_dy_t, stats, gamma, *, m, t, training, abs_gamma):
+        """dL/dgamma, dL/dbeta and the coefficients of dx = (dy - t*A - B) * K."""
+        acc = stats.dtype
+        sdy = sum_dy.sum(axis=1)
+        sdt = sum_dy_t.sum(axis=1)
+        g, beta = stats[G], stats[BETA]
+        coef = np.zeros((N_COEF, g.shape[0]), dtype=acc)
+        coef[COEF_K] = g * stats[INVSTD]
+        if t == T_Y:
+            dldg = (sdt - beta * sdy) / g
+        else:
+            dldg = sdt
+        if training:
+            m = acc.type(m)
+            if t == T_Y:
+                coef[COEF_A] = dldg / (g * m)
+                # SPEC.md (and the paper's supplement) print "+ beta/g * dL/dg" here; expanding
+                # xhat = (y - beta) / g in the INPLACE-ABN I formula gives "-", which is what
+                # makes II equal the textbook gradient (tests/test_numpy_backend.py checks it).
+                coef[COEF_B] = (sdy - beta / g * dldg) / m
+            else:
+                coef[COEF_A] = sdt / m
+                coef[COEF_B] = sdy / m
+        dgamma = dldg * _sign(gamma, acc) if abs_gamma else dldg
+        return dgamma, sdy, coef
+
+    def grad_input(self, z, dz, x, stats, coef, activation, param, t, dx):
+        """dx = (dy - t * A - B) * K, written into ``dx`` (which may be ``dz``)."""
+        dy, tt = self._dy_and_t(z, dz, x, stats, activation, param, t)
+        col = lambda row: coef[row][None, :, None]  # noqa: E731
+        _as_ncs(dx)[...] = (dy - tt * col(COEF_A) - col(COEF_B)) * col(COEF_K)

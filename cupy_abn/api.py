@@ -1,0 +1,152 @@
+"""The array API: validate once, then run the backend's stages in order.
+
+The pipeline is the same for every backend: statistics -> channel math -> normalize+activate
+in the forward; reductions -> channel math -> elementwise gradient in the backward.  A
+synchronized layer passes ``combine_moments`` / ``combine_sums`` to merge the per-channel
+partials across processes between those stages; nothing else differs.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple
+
+import numpy as np
+
+from . import _validation as V
+from ._dispatch import backend_for
+from ._state import SavedState, t_kind
+
+Array = Any  # numpy.ndarray, cupy.ndarray or a pyopencl array
+
+
+def _accum(dtype) -> np.dtype:
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Array] = None,
+                running_var: Optional[Array] = None, *, training: bool = True,
+                decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
+                activation_param: float = 0.01, mode: str = "inplace",
+                combine_moments: Optional[Callable] = None,
+                global_count: Optional[int] = None) -> Tuple[Array, SavedState]:
+    """Batch normalization fused with an activation, in place in the in-place modes.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, ...)
+        Input with channels on axis 1; float16, float32 or float64.  In the modes
+        ``"inplace"`` and ``"inplace_v1"`` it is overwritten with the output.
+    gamma, beta : array, shape (C,)
+        Scale and shift; dtype of ``x`` (float16 or float32 for float16 ``x``).  In the in-place
+        modes the scale applied is ``|gamma| + eps``.
+    running_mean, running_var : array, shape (C,), optional
+        Running statistics, updated in place in training; required when ``training=False``.
+    training : bool
+        Normalize with batch statistics (True) or with the running statistics (False).
+    decay : float
+        Running statistics: ``avg = decay * avg + (1 - decay) * batch`` (variance unbiased).
+    eps : float
+        Added to the variance (and to ``|gamma|`` in the in-place modes); must be > 0.
+    activation : {"identity", "leaky_relu", "elu", "relu"}
+        ``"relu"`` is not invertible and only allowed with ``mode="standard"``.
+    activation_param : float
+        Slope of ``leaky_relu`` or alpha of ``elu`` (> 0 in the in-place modes).
+    mode : {"inplace", "inplace_v1", "standard"}
+        INPLACE-ABN II (default), INPLACE-ABN I, or plain ABN, which keeps ``x``.
+    combine_moments : callable, optional
+        ``(count, mean, m2, shift) -> (count, mean, m2, shift)``, called on the per-channel
+        partial moments before they are merged; a synchronized layer exchanges them here.
+    global_count : int, optional
+        Elements per channel over all processes (synchronized layers only).
+
+    Returns
+    -------
+    z : array
+        The output; in the in-place modes this is ``x`` itself.
+    saved : SavedState
+        What :func:`abn_backward` needs: ``z`` and per-channel vectors only (plus ``x`` in
+        ``"standard"`` mode).
+
+    Raises
+    ------
+    TypeError, ValueError
+        On bad input, before anything is written.
+    """
+    fam = V.check_forward(x, gamma, beta, running_mean, running_var, training=training,
+                          decay=decay, eps=eps, activation=activation,
+                          activation_param=activation_param, mode=mode, count=global_count)
+    be = backend_for(x, fam)
+    abs_gamma = mode != "standard"
+    channels = x.shape[1]
+    m = global_count if global_count is not None else int(np.prod(x.shape)) // channels
+    if training:
+        partials = be.moments(x) if x.size else _empty_moments(be, x)
+        if combine_moments is not None:
+            partials = combine_moments(*partials)
+        stats = be.channel_train(*partials, gamma, beta, running_mean, running_var, eps=eps,
+                                 decay=decay, abs_gamma=abs_gamma)
+    else:
+        stats = be.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
+                                abs_gamma=abs_gamma, acc=_accum(x.dtype))
+    if mode == "standard":
+        x = be.ascontiguous(x)
+        z = be.empty_like(x)
+    else:
+        z = x
+    if x.size:
+        be.normalize_activate(x, z, stats, activation, float(activation_param))
+    saved = SavedState(mode=mode, activation=activation,
+                       activation_param=float(activation_param), training=training,
+                       eps=float(eps), m=float(m), z=z, x=x if mode == "standard" else None,
+                       stats=stats, gamma=gamma, param_dtype=np.dtype(gamma.dtype))
+    return z, saved
+
+
+def _empty_moments(be, x):
+    """Partials of an empty local batch: zero count, contributing nothing to the merge."""
+    acc = _accum(x.dtype)
+    c = x.shape[1]
+    return (be.zeros((c, 1), acc), be.zeros((c, 1), acc), be.zeros((c, 1), acc),
+            be.zeros((c,), acc))
+
+
+def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
+                 combine_sums: Optional[Callable] = None) -> Tuple[Array, Array, Array]:
+    """Gradients of :func:`abn_forward` rebuilt from its output.
+
+    Parameters
+    ----------
+    saved : SavedState
+        The second value returned by :func:`abn_forward`.
+    grad_output : array
+        dL/dz, same shape and dtype as the forward output.
+    out : array, optional
+        Where to write dL/dx; may be ``grad_output`` itself to save memory.
+    combine_sums : callable, optional
+        ``(sum_dy, sum_dy_t) -> (sum_dy, sum_dy_t)``, called on the per-channel partial sums;
+        a synchronized layer sums them across processes here.
+
+    Returns
+    -------
+    grad_x, grad_gamma, grad_beta : arrays
+        ``grad_x`` like ``x``; ``grad_gamma`` and ``grad_beta`` in the dtype of gamma.
+    """
+    V.check_backward(saved, grad_output, out)
+    z = saved.z
+    be = backend_for(z, V.array_family(z))
+    t = t_kind(saved.mode, saved.training)
+    grad_output = be.ascontiguous(grad_output)
+    args = (saved.stats, saved.activation, saved.activation_param, t)
+    if z.size:
+        sums = be.grad_sums(z, grad_output, saved.x, *args)
+    else:
+        sums = _empty_moments(be, z)[1:3]
+    if combine_sums is not None:
+        sums = combine_sums(*sums)
+    dgamma, dbeta, coef = be.channel_backward(*sums, saved.stats, saved.gamma, m=saved.m, t=t,
+                                              training=saved.training,
+                                              abs_gamma=saved.mode != "standard")
+    dx = be.empty_like(z) if out is None else out
+    if z.size:
+        be.grad_input(z, grad_output, saved.x, saved.stats, coef, saved.activation,
+                      saved.activation_param, t, dx)
+    return dx, dgamma.astype(saved.param_dtype), dbeta.astype(saved.param_dtype)
