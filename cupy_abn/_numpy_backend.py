@@ -53,7 +53,7 @@ class NumpyBackend:
         x3 = _as_ncs(x)
         n, c, s = x3.shape
         shift = x3[0, :, 0].astype(acc)
-        d = x3.astype(acc) - shift[None, :, None]
+        d = np.subtract(x3, shift[None, :, None], dtype=acc)
         count = np.full((c, 1), n * s, dtype=acc)
         mean = (d.sum(axis=(0, 2), dtype=acc) / acc.type(n * s))[:, None]
         m2 = np.square(d - mean[None, :, 0, None]).sum(axis=(0, 2), dtype=acc)[:, None]
@@ -97,7 +97,9 @@ class NumpyBackend:
         act = ACTIVATIONS[activation]
         x3 = _as_ncs(x)
         col = lambda row: stats[row][None, :, None]  # noqa: E731
-        y = (x3.astype(stats.dtype) - col(MEAN)) * col(SCALE) + col(BETA)
+        y = np.subtract(x3, col(MEAN), dtype=stats.dtype)
+        y *= col(SCALE)
+        y += col(BETA)
         _as_ncs(out)[...] = act.forward(y, stats.dtype.type(param))
 
     # ---- backward ------------------------------------------------------------------------
@@ -106,11 +108,12 @@ class NumpyBackend:
         act = ACTIVATIONS[activation]
         acc = stats.dtype
         p = acc.type(param)
-        z3 = _as_ncs(z).astype(acc)
-        dy = _as_ncs(dz).astype(acc) * act.derivative(z3, p)
+        z3 = _as_ncs(z).astype(acc, copy=False)
+        dy = np.multiply(_as_ncs(dz), act.derivative(z3, p), dtype=acc)
         col = lambda row: stats[row][None, :, None]  # noqa: E731
         if t == T_XHAT_FROM_X:
-            tt = (_as_ncs(x).astype(acc) - col(MEAN)) * col(INVSTD)
+            tt = np.subtract(_as_ncs(x), col(MEAN), dtype=acc)
+            tt *= col(INVSTD)
         elif t == T_XHAT_FROM_Y:
             tt = (act.inverse(z3, p) - col(BETA)) / col(G)
         else:
