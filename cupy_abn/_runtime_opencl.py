@@ -1,0 +1,67 @@
+"""The OpenCL runtime of the kernel backend (pyopencl): runs the CUDA kernel sources on a CPU
+through PoCL, or under Oclgrind, so that the launch logic of ``_kernel_backend`` is tested
+without a GPU.
+
+The context and queue are those of the array; programs are built once per (context, kernel
+family, source, defines).  A CUDA grid of ``grid`` blocks of ``block`` threads is the global
+size ``grid * block`` with local size ``block``.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Dict, Tuple
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cla
+
+from . import _kernel_source as K
+
+BUILD_OPTIONS = ("-cl-fp32-correctly-rounded-divide-sqrt",)
+_KERNELS: Dict[Tuple, "cl.Kernel"] = {}
+_LOCK = threading.Lock()
+
+
+class OpenCLRuntime:
+    target = "opencl"
+
+    def __init__(self, queue: "cl.CommandQueue"):
+        self.queue = queue
+        self.context = queue.context
+        dev = queue.device
+        self.multiprocessors = int(dev.max_compute_units)
+        self.max_block = int(dev.max_work_group_size)
+
+    def empty(self, shape, dtype):
+        return cla.empty(self.queue, shape, np.dtype(dtype))
+
+    def zeros(self, shape, dtype):
+        return cla.zeros(self.queue, shape, np.dtype(dtype))
+
+    def empty_like(self, a):
+        return cla.empty(self.queue, a.shape, a.dtype)
+
+    def ascontiguous(self, a):
+        if a.flags.c_contiguous and a.offset == 0:
+            return a
+        return cla.to_device(self.queue, np.ascontiguousarray(a.get()))
+
+    def function(self, family: str, entry: str, defines: Tuple[str, ...]):
+        src = K.source(family, "opencl")
+        key = (self.context.int_ptr, family, src, defines, entry)
+        with _LOCK:
+            kern = _KERNELS.get(key)
+            if kern is None:
+                prg = cl.Program(self.context, src).build(options=list(defines + BUILD_OPTIONS))
+                for name in K.FILES[family].entries:
+                    _KERNELS[key[:-1] + (name,)] = cl.Kernel(prg, name)
+                kern = _KERNELS[key]
+        return kern
+
+    def launch(self, fn, grid: int, block: int, args) -> None:
+        cl_args = [a.data if isinstance(a, cla.Array) else a for a in args]
+        fn(self.queue, (int(grid) * int(block),), (int(block),), *cl_args)
+
+
+def runtime_for(x) -> OpenCLRuntime:
+    return OpenCLRuntime(x.queue)

@@ -1,0 +1,22 @@
+/* Portability prelude, OpenCL C side (PoCL, Oclgrind).  Same names as prelude_cuda.cuh.
+ * float16 is a storage-only type here: vload_half/vstore_half need no cl_khr_fp16. */
+#if ACC_BITS == 64 || STORE_BITS == 64 || PARAM_BITS == 64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+#endif
+#define KERNEL __kernel
+#define DEVICE static inline
+#define GLOBAL __global
+#define SHARED __local
+#define BARRIER() barrier(CLK_LOCAL_MEM_FENCE)
+#define THREAD_ID ((unsigned int)get_local_id(0))
+#define BLOCK_ID ((unsigned int)get_group_id(0))
+#define BLOCK_SIZE ((unsigned int)get_local_size(0))
+#define GRID_SIZE ((unsigned int)get_num_groups(0))
+#define F32_FN(name) name
+typedef long int64_type;
+typedef ulong uint64_type;
+
+typedef half half_storage;
+
+#define LOAD_HALF(p, i) vload_half((i), (p))
+#define STORE_HALF(p, i, v) vstore_half((float)(v), (i), (p))
