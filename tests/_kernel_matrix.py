@@ -1,0 +1,150 @@
+"""The case matrix and the checks shared by the kernel-backend tests (OpenCL on a CPU, CuPy on
+a GPU): run the public API on device arrays, compare with the float64 reference
+(tests/_reference.py) and with the NumPy backend on the same inputs."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable, Tuple
+
+import numpy as np
+
+import cupy_abn
+from tests._cases import ACTIVATIONS, SHAPES, case_id, make_inputs, rng_for
+from tests._reference import TOL, assert_close, ref_backward, ref_forward
+
+F16, F32, F64 = np.float16, np.float32, np.float64
+
+# Kernel backend vs NumPy backend on the same inputs: the same algorithm with a different
+# summation order, so a few ulps in the accumulation dtype, one ulp of float16 storage.
+AGREE = {np.dtype(F64): 1e-11, np.dtype(F32): 2e-5, np.dtype(F16): 2e-3}
+
+# Large enough that the reductions use several blocks per channel (B > 1) and full blocks on a
+# device with 1 or 2 compute units (m = 9216 per channel).
+BIG = (4, 2, 48, 48)
+
+
+@dataclass(frozen=True)
+class Case:
+    shape_name: str
+    shape: Tuple[int, ...]
+    dtype: type
+    act: str
+    mode: str
+    training: bool
+    param_dtype: type = None
+    hard: bool = False     # mean 1e4, std 1e-2
+
+    @property
+    def id(self) -> str:
+        parts = [self.shape_name, self.dtype, self.act, self.mode,
+                 "train" if self.training else "eval"]
+        if self.param_dtype is not None:
+            parts.append("p" + np.dtype(self.param_dtype).name)
+        if self.hard:
+            parts.append("mean1e4-std1e-2")
+        return case_id(*parts)
+
+
+def _matrix():
+    cases = []
+    # Every shape (odd sizes included), one variant.
+    for name, shape in SHAPES.items():
+        cases.append(Case(name, shape, F32, "leaky_relu", "inplace", True))
+    # Every dtype x activation x mode x train/eval on one shape.
+    for dt, act, mode, tr in itertools.product((F64, F32, F16), ACTIVATIONS,
+                                               ("standard", "inplace", "inplace_v1"),
+                                               (True, False)):
+        cases.append(Case("NCDHW" if dt == F64 else "NCHW",
+                          SHAPES["NCDHW" if dt == F64 else "NCHW"], dt, act, mode, tr))
+    # relu (standard only), float16 parameters with float16 x.
+    for dt, tr in itertools.product((F64, F32, F16), (True, False)):
+        cases.append(Case("NCL", SHAPES["NCL"], dt, "relu", "standard", tr))
+    for mode, tr in itertools.product(("standard", "inplace", "inplace_v1"), (True, False)):
+        cases.append(Case("primes", SHAPES["primes"], F16, "leaky_relu", mode, tr,
+                          param_dtype=F16))
+    # Several blocks per channel.
+    for dt, mode in ((F32, "inplace"), (F64, "standard"), (F16, "inplace_v1")):
+        cases.append(Case("big", BIG, dt, "elu", mode, True))
+    # Numerically hard data.
+    for mode in ("standard", "inplace", "inplace_v1"):
+        cases.append(Case("hard", (8, 3, 16, 16), F32, "identity", mode, True, hard=True))
+    return cases
+
+
+CASES = _matrix()
+
+
+def inputs(case: Case):
+    x, gamma, beta, rm, rv, dz = make_inputs(case.shape, case.dtype, case.act, case.mode,
+                                             case.training, param_dtype=case.param_dtype)
+    if case.hard:
+        rng = rng_for("hard", case.id)
+        x = (1e4 + 1e-2 * rng.standard_normal(case.shape)).astype(case.dtype)
+    return x, gamma, beta, rm, rv, dz
+
+
+def _api(x, gamma, beta, rm, rv, dz, case, param):
+    kw = dict(training=case.training, activation=case.act, activation_param=param,
+              mode=case.mode)
+    z, saved = cupy_abn.abn_forward(x, gamma, beta, rm, rv, **kw)
+    z_value = z.copy()
+    # dx into the buffer of dz (the memory-saving call) in the in-place modes.
+    out = dz if case.mode != "standard" else None
+    dx, dg, db = cupy_abn.abn_backward(saved, dz, out=out)
+    return z, z_value, saved, dx, dg, db
+
+
+def check_case(case: Case, to_device: Callable, to_host: Callable) -> None:
+    """Run ``case`` through the API on device arrays; compare with float64 and with NumPy."""
+    x, gamma, beta, rm, rv, dz = inputs(case)
+    param = ACTIVATIONS.get(case.act, 0.0)
+    dt = np.dtype(case.dtype)
+    m = x.size // x.shape[1]
+
+    dev = [to_device(a) for a in (x, gamma, beta, rm, rv, dz)]
+    z, z_val, saved, dx, dg, db = _api(*dev, case, param)
+    if case.mode != "standard":
+        assert z is dev[0], "in-place modes must return the input buffer"
+        assert dx is dev[5], "out=grad_output must be written in place"
+    host = dict(z=to_host(z_val), dx=to_host(dx), dg=to_host(dg), db=to_host(db),
+                rm=to_host(dev[3]), rv=to_host(dev[4]), stats=to_host(saved.stats))
+    assert host["z"].dtype == dt and host["dx"].dtype == dt
+    assert host["dg"].dtype == gamma.dtype and host["db"].dtype == beta.dtype
+
+    npy = [a.copy() for a in (x, gamma, beta, rm, rv, dz)]
+    nz, nz_val, nsaved, ndx, ndg, ndb = _api(*npy, case, param)
+
+    ref = ref_forward(x, gamma, beta, rm, rv, training=case.training, activation=case.act,
+                      param=param, mode=case.mode)
+    rdx, rdg, rdb = ref_backward(x, gamma, beta, dz, training=case.training,
+                                 activation=case.act, param=param, mode=case.mode,
+                                 running_mean=rm, running_var=rv)
+    sums = max(1.0, float(np.sqrt(m)))
+    if case.hard:
+        np.testing.assert_allclose(host["stats"][1], ref["var"], rtol=1e-3)
+        np.testing.assert_allclose(host["stats"][0], ref["mean"], rtol=1e-7)
+        np.testing.assert_allclose(host["rv"], ref["running_var"], rtol=1e-3)
+        assert np.abs(host["z"].astype(F64) - ref["z"]).max() < 0.1
+    else:
+        assert_close(host["z"], ref["z"], dt, f"z {case.id}")
+        stats_kind = "forward" if np.dtype(gamma.dtype) == F16 else "stats"
+        pdt = F16 if np.dtype(gamma.dtype) == F16 else dt
+        assert_close(host["rm"], ref["running_mean"], pdt, "running_mean", stats_kind)
+        assert_close(host["rv"], ref["running_var"], pdt, "running_var", stats_kind)
+        assert_close(host["dx"], rdx, dt, f"dx {case.id}", "backward")
+        assert_close(host["dg"], rdg, dt, f"dgamma {case.id}", "backward", scale=sums)
+        assert_close(host["db"], rdb, dt, f"dbeta {case.id}", "backward", scale=sums)
+
+    # The NumPy backend on the same inputs.
+    tol = AGREE[dt]
+    for name, got, want, scale in (("z", host["z"], nz_val, 1.0), ("dx", host["dx"], ndx, 1.0),
+                                   ("dgamma", host["dg"], ndg, sums),
+                                   ("dbeta", host["db"], ndb, sums),
+                                   ("running_mean", host["rm"], npy[3], 1.0),
+                                   ("running_var", host["rv"], npy[4], 1.0),
+                                   ("stats", host["stats"], nsaved.stats, 1.0)):
+        if case.hard and name in ("z", "dx", "dgamma", "dbeta"):
+            scale = 1e3    # 0.05 std from the float32 mean: both backends see it
+        np.testing.assert_allclose(got.astype(F64), np.asarray(want, F64), rtol=tol,
+                                   atol=tol * scale, err_msg=f"{name} vs NumPy {case.id}")

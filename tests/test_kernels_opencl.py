@@ -1,0 +1,89 @@
+"""The kernel backend on a CPU: the CUDA kernel sources and the launch logic of
+``cupy_abn._kernel_backend`` run through pyopencl on PoCL, against the float64 reference and the
+NumPy backend (tests/_kernel_matrix.py)."""
+import numpy as np
+import pytest
+
+from tests._kernel_matrix import BIG, CASES, check_case
+from tests._cases import make_inputs
+
+cl = pytest.importorskip("pyopencl")
+cla = pytest.importorskip("pyopencl.array")
+
+
+def _pocl_queue():
+    try:
+        for plat in cl.get_platforms():
+            if "Portable Computing Language" in plat.name:
+                devs = plat.get_devices()
+                if devs:
+                    return cl.CommandQueue(cl.Context(devs[:1]))
+    except cl.Error:
+        pass
+    return None
+
+
+@pytest.fixture(scope="module")
+def queue():
+    q = _pocl_queue()
+    if q is None:
+        pytest.skip("no PoCL OpenCL device (pip install pocl-binary-distribution)")
+    return q
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_api_on_opencl_matches_reference_and_numpy(queue, case):
+    check_case(case, lambda a: cla.to_device(queue, np.ascontiguousarray(a)),
+               lambda a: a.get())
+
+
+def test_big_case_uses_several_blocks_per_channel(queue):
+    from cupy_abn._kernel_backend import KernelBackend
+    from cupy_abn._runtime_opencl import OpenCLRuntime
+    plan = KernelBackend(OpenCLRuntime(queue)).plan(BIG)
+    assert plan.parts > 1 and plan.block >= 128, plan
+
+
+def _backend(queue):
+    from cupy_abn._kernel_backend import KernelBackend
+    from cupy_abn._runtime_opencl import OpenCLRuntime
+    return KernelBackend(OpenCLRuntime(queue))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_channel_kernels_merge_uneven_partials_with_empty_ones(queue, dtype):
+    """What a synchronized layer passes: (C, R) partials of different counts, some empty."""
+    from cupy_abn._numpy_backend import NumpyBackend
+    x, gamma, beta, rm, rv, dz = make_inputs((9, 3, 4), dtype, "partials")
+    npb, be = NumpyBackend(), _backend(queue)
+    pieces = [x[:0], x[:2], x[2:3], x[:0], x[3:]]   # counts 0, 8, 4, 0, 24 per channel
+    parts = []
+    for p in pieces:
+        if p.shape[0]:
+            parts.append(npb.moments(p))
+        else:
+            z = np.zeros((3, 1), x.dtype)
+            parts.append((z, z, z, np.zeros(3, x.dtype)))
+    # Each piece is shifted by its own first element: bring the means to a common shift.
+    shift = parts[1][3]
+    count = np.concatenate([p[0] for p in parts], axis=1)
+    mean = np.concatenate([p[1] + (p[3] - shift)[:, None] * (p[0] > 0) for p in parts], axis=1)
+    m2 = np.concatenate([p[2] for p in parts], axis=1)
+    want = npb.channel_train(*npb.moments(x), gamma, beta, rm.copy(), rv.copy(), eps=2e-5,
+                             decay=0.9, abs_gamma=True)
+    d = lambda a: cla.to_device(queue, np.ascontiguousarray(a))  # noqa: E731
+    rmd, rvd = d(rm), d(rv)
+    got = be.channel_train(d(count), d(mean), d(m2), d(shift), d(gamma), d(beta), rmd, rvd,
+                           eps=2e-5, decay=0.9, abs_gamma=True)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(got.get(), want, rtol=tol, atol=tol)
+    # Backward sums: plain sums over any number of partials.
+    sdy = np.random.default_rng(0).standard_normal((3, 5)).astype(dtype)
+    sdt = np.random.default_rng(1).standard_normal((3, 5)).astype(dtype)
+    for t in (0, 1, 2):
+        w = npb.channel_backward(sdy, sdt, want, gamma, m=36, t=t, training=True,
+                                 abs_gamma=True)
+        g = be.channel_backward(d(sdy), d(sdt), d(want), d(gamma), m=36, t=t, training=True,
+                                abs_gamma=True)
+        for a, b in zip(g, w):
+            np.testing.assert_allclose(a.get(), b, rtol=tol, atol=tol)
