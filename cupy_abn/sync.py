@@ -1,0 +1,192 @@
+"""InPlace-ABN with statistics synchronized across processes (SPEC.md, "Several processes").
+
+Each rank runs :func:`cupy_abn.abn_forward` / :func:`cupy_abn.abn_backward` on its own slice
+of the global batch; the hooks built here exchange the per-channel partials between the
+stages, through a ChainerMN communicator (see :mod:`cupy_abn._exchange` for the transport).
+
+What one rank sends per layer and training step (C channels, accumulation dtype A = float32,
+or float64 for float64 input; R ranks):
+
+=========  ==========================================  ===========================
+forward    Allgather of a header, int64                4 values: 32 bytes
+           (rejected?, elements per channel, C, A's itemsize)
+forward    Allgather of its (mean, M2, shift)          3*C values of A
+backward   Allreduce-sum of (sum_dy, sum_dy_t)         2*C values of A
+=========  ==========================================  ===========================
+
+The header is what lets every rank know the global count ``m`` before the forward (for the
+checks and for ``m / (m - 1)``) and the per-rank counts for Chan's merge, so batch sizes may
+differ and a rank may hold no sample at all; it also carries C and the dtype, so that ranks
+that disagree raise the same error instead of hanging in a mismatched collective.  The moments
+are gathered, not summed: every rank then merges the same R partials with Chan's formula in
+rank order, so all ranks get bit-identical statistics, as stable as one process's.
+
+Evaluation mode exchanges nothing.  Gradients of gamma and beta come back as the global sums
+(what one process would compute on the concatenated batch), identical on every rank.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _validation as V
+from ._exchange import Exchange
+from ._state import SavedState
+from .api import abn_backward, abn_forward
+
+__all__ = ["sync_abn_forward", "sync_abn_backward", "make_combine_moments",
+           "make_combine_sums", "exchange_header"]
+
+# Columns of the header every rank sends before a synchronized forward.
+_REJECTED, _COUNT, _CHANNELS, _ITEMSIZE = range(4)
+
+
+def _xp(a):
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+    return cupy
+
+
+def _accum_itemsize(x) -> int:
+    return 8 if np.dtype(x.dtype) == np.float64 else 4
+
+
+def merge_local(count, mean, m2):
+    """Chan's merge of ``(C, B)`` partials into one ``(C,)`` triple; empty partials add nothing.
+
+    ``mean`` stays relative to the partials' common shift.  A channel whose total count is 0
+    gets mean 0 and M2 0 (no division by a zero count).
+    """
+    if count.shape[1] == 1:
+        return count[:, 0], mean[:, 0], m2[:, 0]
+    xp = _xp(mean)
+    n = count.sum(axis=1)
+    mu = (count * mean).sum(axis=1) / xp.where(n > 0, n, 1)
+    m2_total = m2.sum(axis=1) + (count * xp.square(mean - mu[:, None])).sum(axis=1)
+    return n, mu, m2_total
+
+
+def make_combine_moments(exchange: Exchange, counts: Sequence[int]) -> Callable:
+    """The ``combine_moments`` hook: one partial per rank, as ``(C, R)`` partials.
+
+    ``counts`` are the per-rank elements per channel (from :func:`exchange_header`).  The
+    means are re-expressed relative to the shift of the first non-empty rank, which is the
+    shift one process would take for the concatenated batch (its first element).
+    """
+    counts = np.asarray(counts, np.int64)
+    first = int(np.flatnonzero(counts)[0]) if counts.any() else 0
+
+    def combine_moments(count, mean, m2, shift):
+        xp = _xp(mean)
+        c = mean.shape[0]
+        _, mu, m2_local = merge_local(count, mean, m2)
+        gathered = exchange.allgather(xp.concatenate([mu, m2_local, shift.astype(mu.dtype)]))
+        gathered = gathered.reshape(exchange.size, 3, c)
+        shifts = gathered[:, 2]
+        common = shifts[first]
+        cnt = xp.asarray(counts.astype(mu.dtype))[:, None]          # (R, 1)
+        means = xp.where(cnt > 0, gathered[:, 0] + (shifts - common[None, :]), 0)
+        count_cr = xp.ascontiguousarray(xp.broadcast_to(cnt, (exchange.size, c)).T)
+        return (count_cr, xp.ascontiguousarray(means.T.astype(mu.dtype)),
+                xp.ascontiguousarray(gathered[:, 1].T), common.copy())
+
+    return combine_moments
+
+
+def make_combine_sums(exchange: Exchange) -> Callable:
+    """The ``combine_sums`` hook: ``(sum_dy, sum_dy_t)`` summed over ranks, each ``(C, 1)``."""
+
+    def combine_sums(sum_dy, sum_dy_t):
+        xp = _xp(sum_dy)
+        c = sum_dy.shape[0]
+        total = exchange.allreduce_sum(xp.concatenate([sum_dy.sum(axis=1),
+                                                       sum_dy_t.sum(axis=1)]))
+        return total[:c, None], total[c:, None]
+
+    return combine_sums
+
+
+def exchange_header(exchange: Exchange, x, rejected: Optional[BaseException]) -> np.ndarray:
+    """Allgather (rejected?, count, C, itemsize) and raise the same error on every rank.
+
+    Returns the per-rank elements per channel.  A rank whose own input was rejected re-raises
+    its error after the exchange; the others raise a RuntimeError naming it, so that no rank is
+    left waiting in a collective that the rejecting rank will never enter.
+    """
+    shape = tuple(getattr(x, "shape", ()))
+    ok_shape = rejected is None and len(shape) >= 2
+    header = np.zeros(4, np.int64)
+    header[_REJECTED] = rejected is not None
+    if ok_shape:
+        header[_COUNT] = int(np.prod(shape)) // shape[1] if shape[1] else 0
+        header[_CHANNELS] = shape[1]
+        header[_ITEMSIZE] = _accum_itemsize(x)
+    table = exchange.allgather_host(header)
+    if rejected is not None:
+        raise rejected
+    bad = np.flatnonzero(table[:, _REJECTED])
+    if bad.size:
+        raise RuntimeError(f"synchronized forward: rank(s) {bad.tolist()} rejected their input "
+                           "(see the error raised there); no statistics were exchanged")
+    for col, what in ((_CHANNELS, "the same number of channels (x.shape[1])"),
+                      (_ITEMSIZE, "the same accumulation dtype (float64 x on all ranks or on "
+                                  "none)")):
+        V.expect(bool((table[:, col] == table[0, col]).all()), "x", f"{what} on every rank",
+                 f"{table[:, col].tolist()} on ranks 0..{exchange.size - 1}")
+    return table[:, _COUNT]
+
+
+def sync_abn_forward(x, gamma, beta, running_mean, running_var, comm: Any, *,
+                     training: bool = True, decay: float = 0.9, eps: float = 2e-5,
+                     activation: str = "leaky_relu", activation_param: float = 0.01,
+                     mode: str = "inplace") -> Tuple[Any, SavedState]:
+    """:func:`cupy_abn.abn_forward` with the statistics of the batch of all ranks of ``comm``.
+
+    Every rank of ``comm`` must call it (collectively) for the same layer, with its own slice
+    ``x`` of the global batch: ``x.shape[0]`` may differ between ranks and may be 0.  The
+    parameters and running statistics are expected to be the same on every rank; the running
+    statistics are updated identically everywhere.  ``comm`` is a ChainerMN communicator (or an
+    mpi4py communicator).  With ``training=False`` nothing is exchanged.
+
+    Returns ``(z, saved)`` as :func:`cupy_abn.abn_forward`; ``saved.m`` is the global count.
+    """
+    kw = dict(training=training, decay=decay, eps=eps, activation=activation,
+              activation_param=activation_param, mode=mode)
+    if not training:
+        return abn_forward(x, gamma, beta, running_mean, running_var, **kw)
+    exchange = Exchange(comm)
+    rejected = None
+    try:
+        # The element count is checked after the exchange, against the global count.
+        V.check_forward(x, gamma, beta, running_mean, running_var, count=2, **kw)
+    except Exception as e:  # noqa: BLE001 - re-raised after telling the other ranks
+        rejected = e
+    counts = exchange_header(exchange, x, rejected)
+    return abn_forward(x, gamma, beta, running_mean, running_var, **kw,
+                       combine_moments=make_combine_moments(exchange, counts),
+                       global_count=int(counts.sum()))
+
+
+def sync_abn_backward(saved: SavedState, grad_output, comm: Any, *, out=None
+                      ) -> Tuple[Any, Any, Any]:
+    """:func:`cupy_abn.abn_backward` of a :func:`sync_abn_forward`, collectively over ``comm``.
+
+    ``grad_x`` is this rank's slice of the gradient of the global batch; ``grad_gamma`` and
+    ``grad_beta`` are the global sums, identical on every rank (divide by ``comm.size`` before
+    an optimizer that averages gradients over ranks, as ChainerMN's does).  A rank whose
+    ``grad_output`` is rejected still joins the sum with NaN, so that the others do not hang
+    (their gradients come out NaN), and raises its error.
+    """
+    if not saved.training:
+        return abn_backward(saved, grad_output, out=out)
+    exchange = Exchange(comm)
+    try:
+        V.check_backward(saved, grad_output, out)
+    except Exception:
+        stats = saved.stats
+        xp = _xp(stats)
+        exchange.allreduce_sum(xp.full(2 * stats.shape[1], np.nan, stats.dtype))
+        raise
+    return abn_backward(saved, grad_output, out=out, combine_sums=make_combine_sums(exchange))

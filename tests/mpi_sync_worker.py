@@ -1,0 +1,265 @@
+"""Run under ``mpiexec -n R`` by tests/test_sync_mpi.py; exits non-zero on any mismatch.
+
+Every rank builds the same global batch (same seed), takes its slice (splits such as 5/2/1,
+including ranks with no sample), runs the synchronized forward and backward, and checks that
+
+* its output and input gradient equal the slice of one process running the whole batch;
+* dgamma, dbeta and the running statistics equal that process's, and are bit-identical on all
+  ranks;
+
+for the modes inplace, inplace_v1, standard and float32, float64.  ``--part`` picks what runs:
+``array`` (cupy_abn.sync on NumPy arrays), ``chainer`` (the InPlaceABNSync link and the
+functional form), ``errors`` (rejections raise on every rank, nothing hangs; evaluation mode
+does not communicate).  A Python exception on any rank aborts the whole job, so that a
+failure can never leave the other ranks waiting.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+import zlib
+
+import numpy as np
+from mpi4py import MPI
+
+import cupy_abn
+from cupy_abn.sync import sync_abn_backward, sync_abn_forward
+
+WORLD = MPI.COMM_WORLD
+RANK, SIZE = WORLD.Get_rank(), WORLD.Get_size()
+
+SPLITS = {
+    2: [(3, 4), (0, 5), (6, 0), (1, 1)],
+    3: [(5, 2, 1), (2, 0, 4), (0, 0, 3), (0, 1, 0)],
+}
+SPATIAL = {(3, 4), (5, 2, 1), (0, 1, 0)}     # these splits get (N, C, 4, 5); others (N, C)
+MODES = (("inplace", "leaky_relu", 0.1), ("inplace_v1", "elu", 1.2),
+         ("standard", "leaky_relu", 0.2))
+DTYPES = (np.float32, np.float64)
+# (rtol, atol) against one process; the sums dgamma, dbeta get atol * sqrt(m).
+TOL = {np.dtype(np.float32): (1e-4, 1e-4), np.dtype(np.float64): (1e-10, 1e-10)}
+
+
+class Failures:
+    def __init__(self):
+        self.items = []
+
+    def close(self, got, want, dtype, what, scale=1.0):
+        rtol, atol = TOL[np.dtype(dtype)]
+        got = np.asarray(got, np.float64)
+        want = np.asarray(want, np.float64)
+        if got.shape != want.shape or not np.allclose(got, want, rtol=rtol, atol=atol * scale):
+            err = np.abs(got - want).max() if got.shape == want.shape else "shape"
+            self.items.append(f"rank {RANK}: {what}: max abs error {err}")
+
+    def same_on_all_ranks(self, arrays, what):
+        mine = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)
+        if any(other != mine for other in WORLD.allgather(mine)):
+            self.items.append(f"rank {RANK}: {what}: differs between ranks")
+
+    def check(self, cond, what):
+        if not cond:
+            self.items.append(f"rank {RANK}: {what}")
+
+
+def global_case(split, dtype, mode, channels=3):
+    # Same data on every rank: a seed from the case, not hash() (randomized per process).
+    rng = np.random.default_rng(zlib.crc32(repr((split, np.dtype(dtype).name, mode)).encode()))
+    shape = (sum(split), channels) + ((4, 5) if split in SPATIAL else ())
+    offs = rng.normal(0, 3, channels).reshape((1, channels) + (1,) * (len(shape) - 2))
+    x = (0.5 + 2 * rng.standard_normal(shape) + offs).astype(dtype)
+    gamma = (rng.uniform(0.5, 1.5, channels) * rng.choice([-1.0, 1.0], channels)).astype(dtype)
+    beta = rng.normal(0, 0.5, channels).astype(dtype)
+    rmean = rng.normal(0, 1, channels).astype(dtype)
+    rvar = rng.uniform(0.5, 2, channels).astype(dtype)
+    dz = rng.standard_normal(shape).astype(dtype)
+    return x, gamma, beta, rmean, rvar, dz
+
+
+def my_slice(split):
+    start = sum(split[:RANK])
+    return slice(start, start + split[RANK])
+
+
+def one_process(x, gamma, beta, rm, rv, dz, **kw):
+    rm, rv = rm.copy(), rv.copy()
+    z, saved = cupy_abn.abn_forward(x.copy(), gamma, beta, rm, rv, **kw)
+    z = z.copy()
+    dx, dg, db = cupy_abn.abn_backward(saved, dz.copy())
+    return dict(z=z, dx=dx, dg=dg, db=db, rm=rm, rv=rv, m=x.size // x.shape[1])
+
+
+def compare(f, got, want, sl, dtype, name):
+    f.close(got["z"], want["z"][sl], dtype, f"{name}: z")
+    f.close(got["dx"], want["dx"][sl], dtype, f"{name}: dx")
+    scale = max(1.0, np.sqrt(want["m"]))
+    f.close(got["dg"], want["dg"], dtype, f"{name}: dgamma", scale)
+    f.close(got["db"], want["db"], dtype, f"{name}: dbeta", scale)
+    f.close(got["rm"], want["rm"], dtype, f"{name}: running_mean")
+    f.close(got["rv"], want["rv"], dtype, f"{name}: running_var")
+    f.same_on_all_ranks([got[k] for k in ("dg", "db", "rm", "rv")],
+                        f"{name}: dgamma/dbeta/running stats")
+
+
+def cases():
+    for split in SPLITS[SIZE]:
+        for dtype in DTYPES:
+            for mode, act, p in MODES:
+                name = f"split {'/'.join(map(str, split))} {np.dtype(dtype).name} {mode}"
+                yield split, dtype, dict(mode=mode, activation=act, activation_param=p), name
+
+
+def part_array(f, comm):
+    for split, dtype, kw, name in cases():
+        x, gamma, beta, rm, rv, dz = global_case(split, dtype, kw["mode"])
+        want = one_process(x, gamma, beta, rm, rv, dz, **kw)
+        sl = my_slice(split)
+        xl, dzl = x[sl].copy(), dz[sl].copy()
+        rml, rvl = rm.copy(), rv.copy()
+        z, saved = sync_abn_forward(xl, gamma, beta, rml, rvl, comm, **kw)
+        f.check(kw["mode"] == "standard" or z is xl, f"{name}: output not written in place")
+        f.check(saved.m == want["m"], f"{name}: saved.m {saved.m} != global {want['m']}")
+        z = z.copy()
+        dx, dg, db = sync_abn_backward(saved, dzl, comm)
+        compare(f, dict(z=z, dx=dx, dg=dg, db=db, rm=rml, rv=rvl), want, sl, dtype,
+                f"array {name}")
+
+
+def part_chainer(f, comm):
+    import chainer
+    from cupy_abn.chainer import InPlaceABNSync, inplace_abn_sync
+
+    for split, dtype, kw, name in cases():
+        x, gamma, beta, rm, rv, dz = global_case(split, dtype, kw["mode"])
+        want = one_process(x, gamma, beta, rm, rv, dz, **kw)
+        sl = my_slice(split)
+        # The link: gradients of gamma and beta are the global sums divided by the number of
+        # ranks (ChainerMN's convention: its optimizer then averages them over ranks).
+        link = InPlaceABNSync(x.shape[1], comm, dtype=dtype, activation=kw["activation"],
+                              activation_param=kw["activation_param"], mode=kw["mode"])
+        link.gamma.array[...] = gamma
+        link.beta.array[...] = beta
+        link.avg_mean[...] = rm
+        link.avg_var[...] = rv
+        xv = chainer.Variable(x[sl].copy())
+        with chainer.using_config("train", True):
+            z = link(xv)
+        zc = z.array.copy()
+        z.grad = dz[sl].copy()
+        z.backward()
+        got = dict(z=zc, dx=xv.grad, dg=link.gamma.grad * SIZE, db=link.beta.grad * SIZE,
+                   rm=link.avg_mean, rv=link.avg_var)
+        compare(f, got, want, sl, dtype, f"link {name}")
+        f.check(link.N == 1, f"link {name}: N = {link.N}, expected 1")
+        # The functional form, same convention.
+        gv, bv = chainer.Variable(gamma.copy()), chainer.Variable(beta.copy())
+        rml, rvl = rm.copy(), rv.copy()
+        xv = chainer.Variable(x[sl].copy())
+        z = inplace_abn_sync(xv, gv, bv, comm, running_mean=rml, running_var=rvl, **kw)
+        zc = z.array.copy()
+        z.grad = dz[sl].copy()
+        z.backward()
+        got = dict(z=zc, dx=xv.grad, dg=gv.grad * SIZE, db=bv.grad * SIZE, rm=rml, rv=rvl)
+        compare(f, got, want, sl, dtype, f"functional {name}")
+
+
+class CountingComm:
+    """An mpi4py communicator that counts the collectives passing through it."""
+
+    def __init__(self, mpi):
+        self.mpi, self.calls = mpi, 0
+
+    def __getattr__(self, name):
+        attr = getattr(self.mpi, name)
+        if name in ("Allgather", "Allreduce", "Allgatherv"):
+            def counted(*a, **k):
+                self.calls += 1
+                return attr(*a, **k)
+            return counted
+        return attr
+
+
+def part_errors(f, comm):
+    x, gamma, beta, rm, rv, dz = global_case((3,) * SIZE, np.float32, "inplace")
+    sl = slice(3 * RANK, 3 * RANK + 3)
+
+    # A rank with a bad gamma raises its own error; the others learn it and raise too.
+    g = gamma if RANK != SIZE - 1 else gamma.astype(np.float64)
+    try:
+        sync_abn_forward(x[sl].copy(), g, beta, rm.copy(), rv.copy(), comm)
+        f.check(False, "rejected gamma on the last rank: no error here")
+    except TypeError as e:
+        f.check(RANK == SIZE - 1 and "gamma" in str(e), f"rejection: unexpected {e!r}")
+    except RuntimeError as e:
+        f.check(RANK != SIZE - 1 and str(SIZE - 1) in str(e), f"rejection: unexpected {e!r}")
+
+    # Channels that differ between ranks: a ValueError everywhere, no mismatched collective.
+    xc = x[sl].copy() if RANK else np.concatenate([x[sl], x[sl, :1]], axis=1)
+    gc = gamma if RANK else np.concatenate([gamma, gamma[:1]])
+    bc = beta if RANK else np.concatenate([beta, beta[:1]])
+    try:
+        sync_abn_forward(xc, gc, bc, None, None, comm)
+        f.check(False, "channel mismatch: no error")
+    except ValueError as e:
+        f.check("channels" in str(e), f"channel mismatch: unexpected {e!r}")
+
+    # One element per channel in the whole batch: the same ValueError on every rank.
+    x1 = np.ones((1 if RANK == 0 else 0, 3), np.float32)
+    try:
+        sync_abn_forward(x1, gamma, beta, rm.copy(), rv.copy(), comm)
+        f.check(False, "global m == 1: no error")
+    except ValueError as e:
+        f.check("element" in str(e), f"global m == 1: unexpected {e!r}")
+
+    # A rejected grad_output on one rank: it raises, the others finish (with NaN).
+    z, saved = sync_abn_forward(x[sl].copy(), gamma, beta, rm.copy(), rv.copy(), comm)
+    bad = dz[sl] if RANK else dz[sl, :2]
+    try:
+        dx, dg, db = sync_abn_backward(saved, bad.copy(), comm)
+        f.check(RANK != 0 and np.isnan(dg).all(), "rejected grad_output: no NaN on the others")
+    except ValueError as e:
+        f.check(RANK == 0 and "grad_output" in str(e), f"rejected grad_output: {e!r}")
+
+    # Evaluation mode exchanges nothing.
+    counting = CountingComm(getattr(comm, "mpi_comm", comm))
+    z, saved = sync_abn_forward(x[sl].copy(), gamma, beta, rm, rv, counting, training=False)
+    sync_abn_backward(saved, dz[sl].copy(), counting)
+    f.check(counting.calls == 0, f"evaluation mode: {counting.calls} collective(s)")
+    # Training: 2 collectives forward (header, moments), 1 backward.
+    z, saved = sync_abn_forward(x[sl].copy(), gamma, beta, rm.copy(), rv.copy(), counting)
+    sync_abn_backward(saved, dz[sl].copy(), counting)
+    f.check(counting.calls == 3, f"training: {counting.calls} collectives, expected 3")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=["array", "chainer", "errors"], required=True)
+    parser.add_argument("--comm", choices=["mpi4py", "chainermn"], default="chainermn")
+    args = parser.parse_args()
+    if args.comm == "chainermn":
+        import chainermn
+        comm = chainermn.create_communicator("naive", MPI.COMM_WORLD)
+    else:
+        comm = WORLD
+    f = Failures()
+    {"array": part_array, "chainer": part_chainer, "errors": part_errors}[args.part](f, comm)
+    all_items = WORLD.allgather(f.items)
+    if RANK == 0:
+        flat = [i for items in all_items for i in items]
+        for item in flat:
+            print(item)
+        print(f"{args.part} on {SIZE} ranks: {'FAILED' if flat else 'ok'} "
+              f"({len(flat)} mismatch(es))")
+    return 1 if any(all_items) else 0
+
+
+if __name__ == "__main__":
+    try:
+        code = main()
+    except BaseException:  # noqa: BLE001 - any exception must end every rank, not hang them
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        WORLD.Abort(2)
+    sys.exit(code)

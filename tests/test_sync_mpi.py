@@ -1,0 +1,83 @@
+"""Synchronized InPlace-ABN under MPI: 2 and 3 processes against one process on the whole batch.
+
+Each test launches ``mpiexec -n R python tests/mpi_sync_worker.py --part P`` (the checks are
+in the worker's docstring) with a timeout, so that a hang fails the test instead of stalling
+the suite.  Skipped only where mpi4py or mpiexec are missing.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mpi4py")
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "mpi_sync_worker.py"
+TIMEOUT_S = 120
+
+pytestmark = pytest.mark.mpi
+
+
+def _mpiexec():
+    """mpiexec next to the interpreter (a venv with the mpich wheel), else on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
+
+
+def _has_chainermn():
+    try:
+        import chainermn  # noqa: F401
+        import cupy_abn.chainer.sync  # noqa: F401
+    except Exception:  # noqa: BLE001 - chainer missing, or its NumPy compatibility
+        return False
+    return True
+
+
+def _run(ranks, part, comm="chainermn"):
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found (pip install mpich)")
+    if comm == "chainermn":
+        pytest.importorskip("chainermn")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+        PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    cmd = [mpiexec, "-n", str(ranks), sys.executable, str(WORKER), "--part", part,
+           "--comm", comm]
+    # Own process group, so that a timeout ends mpiexec and every rank it started.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} did not finish in {TIMEOUT_S} s (hang?)\n{out}{err}")
+    assert proc.returncode == 0, (f"{' '.join(cmd)} exited with {proc.returncode}\n"
+                                  f"{out}\n{err[-4000:]}")
+    assert " ok " in out, out
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_array_api_matches_one_process(ranks):
+    _run(ranks, "array")
+
+
+def test_array_api_with_bare_mpi4py_communicator():
+    _run(3, "array", comm="mpi4py")
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_rejections_raise_everywhere_and_eval_does_not_communicate(ranks):
+    _run(ranks, "errors")
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_chainer_link_matches_one_process(ranks):
+    if not _has_chainermn():
+        pytest.skip("cupy_abn.chainer.sync or chainermn not importable")
+    _run(ranks, "chainer")
