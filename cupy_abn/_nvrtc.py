@@ -48,7 +48,8 @@ def compile_variant(nvrtc, family: str, defines: Tuple[str, ...], arch: str) -> 
         except nvrtc.NVRTCError as err:
             log = nvrtc.getProgramLog(prog)
             raise RuntimeError(f"{family} {' '.join(defines)} for {arch}: {err}\n{log}")
-        return nvrtc.getPTX(prog)
+        ptx = nvrtc.getPTX(prog)
+        return ptx.decode() if isinstance(ptx, bytes) else ptx
     finally:
         nvrtc.destroyProgram(prog)
 
