@@ -21,6 +21,9 @@ that disagree raise the same error instead of hanging in a mismatched collective
 are gathered, not summed: every rank then merges the same R partials with Chan's formula in
 rank order, so all ranks get bit-identical statistics, as stable as one process's.
 
+Arrays: NumPy (MPI on the arrays), CuPy (NCCL on the device, or MPI on host copies), and the
+pyopencl arrays of the kernel backend's CPU test runtime (hooks run on host copies).
+
 Evaluation mode exchanges nothing.  Gradients of gamma and beta come back as the global sums
 (what one process would compute on the concatenated batch), identical on every rank.
 """
@@ -43,10 +46,25 @@ _REJECTED, _COUNT, _CHANNELS, _ITEMSIZE = range(4)
 
 
 def _xp(a):
-    if isinstance(a, np.ndarray):
-        return np
-    import cupy
-    return cupy
+    """cupy for CuPy arrays; numpy for NumPy and host copies of other families."""
+    if V.array_family(a) == "cupy":
+        import cupy
+        return cupy
+    return np
+
+
+def _on_host_for_opencl(hook: Callable) -> Callable:
+    """Run ``hook`` on host copies for pyopencl arrays (the kernel backend's CPU test runtime)
+    and hand the results back as pyopencl arrays; NumPy and CuPy arrays pass straight through.
+    """
+    def wrapped(*arrays):
+        if V.array_family(arrays[0]) != "opencl":
+            return hook(*arrays)
+        import pyopencl.array as cla
+        queue = arrays[0].queue
+        out = hook(*(a.get() for a in arrays))
+        return tuple(cla.to_device(queue, np.ascontiguousarray(o)) for o in out)
+    return wrapped
 
 
 def _accum_itemsize(x) -> int:
@@ -92,7 +110,7 @@ def make_combine_moments(exchange: Exchange, counts: Sequence[int]) -> Callable:
         return (count_cr, xp.ascontiguousarray(means.T.astype(mu.dtype)),
                 xp.ascontiguousarray(gathered[:, 1].T), common.copy())
 
-    return combine_moments
+    return _on_host_for_opencl(combine_moments)
 
 
 def make_combine_sums(exchange: Exchange) -> Callable:
@@ -105,7 +123,7 @@ def make_combine_sums(exchange: Exchange) -> Callable:
                                                        sum_dy_t.sum(axis=1)]))
         return total[:c, None], total[c:, None]
 
-    return combine_sums
+    return _on_host_for_opencl(combine_sums)
 
 
 def exchange_header(exchange: Exchange, x, rejected: Optional[BaseException]) -> np.ndarray:

@@ -110,20 +110,35 @@ def cases():
                 yield split, dtype, dict(mode=mode, activation=act, activation_param=p), name
 
 
-def part_array(f, comm):
+def part_array(f, comm, to_device=None, label="array"):
+    """NumPy arrays, or (``to_device``) the kernel backend's arrays, through cupy_abn.sync."""
+    dev = to_device or (lambda a: a.copy())
+    host = (lambda a: a) if to_device is None else (lambda a: a.get())
     for split, dtype, kw, name in cases():
         x, gamma, beta, rm, rv, dz = global_case(split, dtype, kw["mode"])
         want = one_process(x, gamma, beta, rm, rv, dz, **kw)
         sl = my_slice(split)
-        xl, dzl = x[sl].copy(), dz[sl].copy()
-        rml, rvl = rm.copy(), rv.copy()
-        z, saved = sync_abn_forward(xl, gamma, beta, rml, rvl, comm, **kw)
+        xl, dzl, gl, bl = dev(x[sl]), dev(dz[sl]), dev(gamma), dev(beta)
+        rml, rvl = dev(rm), dev(rv)
+        z, saved = sync_abn_forward(xl, gl, bl, rml, rvl, comm, **kw)
         f.check(kw["mode"] == "standard" or z is xl, f"{name}: output not written in place")
         f.check(saved.m == want["m"], f"{name}: saved.m {saved.m} != global {want['m']}")
-        z = z.copy()
+        z = host(z).copy()
         dx, dg, db = sync_abn_backward(saved, dzl, comm)
-        compare(f, dict(z=z, dx=dx, dg=dg, db=db, rm=rml, rv=rvl), want, sl, dtype,
-                f"array {name}")
+        got = dict(z=z, dx=host(dx), dg=host(dg), db=host(db), rm=host(rml), rv=host(rvl))
+        compare(f, got, want, sl, dtype, f"{label} {name}")
+
+
+def part_opencl(f, comm):
+    """The kernel backend (the code that runs on a GPU) on PoCL, exchanging through host copies."""
+    import pyopencl as cl
+    import pyopencl.array as cla
+    devs = [d for p in cl.get_platforms() if "Portable" in p.name for d in p.get_devices()]
+    if not devs:
+        print("no PoCL device: opencl part skipped")
+        return
+    queue = cl.CommandQueue(cl.Context(devs[:1]))
+    part_array(f, comm, lambda a: cla.to_device(queue, np.ascontiguousarray(a)), "opencl")
 
 
 def part_chainer(f, comm):
@@ -234,7 +249,7 @@ def part_errors(f, comm):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=["array", "chainer", "errors"], required=True)
+    parser.add_argument("--part", choices=["array", "opencl", "chainer", "errors"], required=True)
     parser.add_argument("--comm", choices=["mpi4py", "chainermn"], default="chainermn")
     args = parser.parse_args()
     if args.comm == "chainermn":
@@ -243,7 +258,8 @@ def main():
     else:
         comm = WORLD
     f = Failures()
-    {"array": part_array, "chainer": part_chainer, "errors": part_errors}[args.part](f, comm)
+    {"array": part_array, "opencl": part_opencl, "chainer": part_chainer,
+     "errors": part_errors}[args.part](f, comm)
     all_items = WORLD.allgather(f.items)
     if RANK == 0:
         flat = [i for items in all_items for i in items]

@@ -81,3 +81,10 @@ def test_chainer_link_matches_one_process(ranks):
     if not _has_chainermn():
         pytest.skip("cupy_abn.chainer.sync or chainermn not importable")
     _run(ranks, "chainer")
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_kernel_backend_on_pocl_matches_one_process(ranks):
+    """The kernel backend (GPU code, here on PoCL) merges the gathered (C, R) partials."""
+    pytest.importorskip("pyopencl")
+    _run(ranks, "opencl")
