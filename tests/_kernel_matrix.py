@@ -148,3 +148,18 @@ def check_case(case: Case, to_device: Callable, to_host: Callable) -> None:
             scale = 1e3    # 0.05 std from the float32 mean: both backends see it
         np.testing.assert_allclose(got.astype(F64), np.asarray(want, F64), rtol=tol,
                                    atol=tol * scale, err_msg=f"{name} vs NumPy {case.id}")
+
+
+# A small set for Oclgrind (an interpreter with race detection: slow): every kernel, each
+# dtype, each t kind, and one shape with several blocks per channel (B > 1 on 1 compute unit).
+OCLGRIND_CASES = [
+    Case("NCHW", SHAPES["NCHW"], F32, "leaky_relu", "inplace", True),
+    Case("NCL", SHAPES["NCL"], F64, "elu", "standard", True),
+    Case("NCDHW", SHAPES["NCDHW"], F16, "elu", "inplace", True),
+    Case("primes", (2, 3, 5, 3), F16, "identity", "inplace_v1", False, param_dtype=F16),
+    Case("C1", SHAPES["C1"], F32, "relu", "standard", False),
+    Case("spatial1x1", SHAPES["spatial1x1"], F64, "leaky_relu", "inplace_v1", True),
+    Case("N1", SHAPES["N1"], F32, "identity", "inplace", False),
+    Case("big", (4, 2, 32, 32), F32, "elu", "inplace_v1", True),
+    Case("big", (4, 2, 32, 32), F16, "leaky_relu", "standard", True),
+]
