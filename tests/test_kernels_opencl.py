@@ -87,3 +87,14 @@ def test_channel_kernels_merge_uneven_partials_with_empty_ones(queue, dtype):
                                 abs_gamma=True)
         for a, b in zip(g, w):
             np.testing.assert_allclose(a.get(), b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64], ids=["float16", "float64"])
+def test_64bit_indexing_variant(queue, dtype, monkeypatch):
+    """The IDX64 variants (used from 2^31 elements) on a small tensor."""
+    from cupy_abn import _kernel_source
+    from tests._kernel_matrix import Case
+    monkeypatch.setattr(_kernel_source, "IDX64_FROM", 0)
+    case = Case("NCHW", (2, 3, 5, 7), dtype, "elu", "inplace", True)
+    check_case(case, lambda a: cla.to_device(queue, np.ascontiguousarray(a)),
+               lambda a: a.get())
