@@ -80,6 +80,8 @@ def merge_local(count, mean, m2):
     if count.shape[1] == 1:
         return count[:, 0], mean[:, 0], m2[:, 0]
     xp = _xp(mean)
+    full = count > 0                     # what an empty partial holds is never read
+    mean, m2 = xp.where(full, mean, 0), xp.where(full, m2, 0)
     n = count.sum(axis=1)
     mu = (count * mean).sum(axis=1) / xp.where(n > 0, n, 1)
     m2_total = m2.sum(axis=1) + (count * xp.square(mean - mu[:, None])).sum(axis=1)

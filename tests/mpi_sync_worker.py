@@ -33,7 +33,11 @@ SPLITS = {
     2: [(3, 4), (0, 5), (6, 0), (1, 1)],
     3: [(5, 2, 1), (2, 0, 4), (0, 0, 3), (0, 1, 0)],
 }
-SPATIAL = {(3, 4), (5, 2, 1), (0, 1, 0)}     # these splits get (N, C, 4, 5); others (N, C)
+# Spatial shape per split (default: none, x is (N, C)).  The large ones make the kernel
+# backend reduce each channel in several blocks, so that (C, B>1) partials are merged locally.
+SPATIAL = {(3, 4): (4, 5), (5, 2, 1): (4, 5), (0, 1, 0): (4, 5), (8, 2): (24, 24),
+           (8, 0, 3): (24, 24)}
+BIG_SPLITS = {2: [(8, 2)], 3: [(8, 0, 3)]}
 MODES = (("inplace", "leaky_relu", 0.1), ("inplace_v1", "elu", 1.2),
          ("standard", "leaky_relu", 0.2))
 DTYPES = (np.float32, np.float64)
@@ -66,7 +70,7 @@ class Failures:
 def global_case(split, dtype, mode, channels=3):
     # Same data on every rank: a seed from the case, not hash() (randomized per process).
     rng = np.random.default_rng(zlib.crc32(repr((split, np.dtype(dtype).name, mode)).encode()))
-    shape = (sum(split), channels) + ((4, 5) if split in SPATIAL else ())
+    shape = (sum(split), channels) + SPATIAL.get(split, ())
     offs = rng.normal(0, 3, channels).reshape((1, channels) + (1,) * (len(shape) - 2))
     x = (0.5 + 2 * rng.standard_normal(shape) + offs).astype(dtype)
     gamma = (rng.uniform(0.5, 1.5, channels) * rng.choice([-1.0, 1.0], channels)).astype(dtype)
@@ -102,19 +106,19 @@ def compare(f, got, want, sl, dtype, name):
                         f"{name}: dgamma/dbeta/running stats")
 
 
-def cases():
-    for split in SPLITS[SIZE]:
+def cases(big=False):
+    for split in SPLITS[SIZE] + (BIG_SPLITS[SIZE] if big else []):
         for dtype in DTYPES:
             for mode, act, p in MODES:
                 name = f"split {'/'.join(map(str, split))} {np.dtype(dtype).name} {mode}"
                 yield split, dtype, dict(mode=mode, activation=act, activation_param=p), name
 
 
-def part_array(f, comm, to_device=None, label="array"):
+def part_array(f, comm, to_device=None, label="array", big=False):
     """NumPy arrays, or (``to_device``) the kernel backend's arrays, through cupy_abn.sync."""
     dev = to_device or (lambda a: a.copy())
     host = (lambda a: a) if to_device is None else (lambda a: a.get())
-    for split, dtype, kw, name in cases():
+    for split, dtype, kw, name in cases(big):
         x, gamma, beta, rm, rv, dz = global_case(split, dtype, kw["mode"])
         want = one_process(x, gamma, beta, rm, rv, dz, **kw)
         sl = my_slice(split)
@@ -138,7 +142,15 @@ def part_opencl(f, comm):
         print("no PoCL device: opencl part skipped")
         return
     queue = cl.CommandQueue(cl.Context(devs[:1]))
-    part_array(f, comm, lambda a: cla.to_device(queue, np.ascontiguousarray(a)), "opencl")
+    to_device = lambda a: cla.to_device(queue, np.ascontiguousarray(a))  # noqa: E731
+    from cupy_abn._kernel_backend import KernelBackend
+    from cupy_abn._runtime_opencl import OpenCLRuntime
+    for split in BIG_SPLITS[SIZE]:
+        n = max(split)
+        parts = KernelBackend(OpenCLRuntime(queue)).plan((n, 3) + SPATIAL[split]).parts
+        f.check(parts > 1, f"split {split}: the kernel backend uses {parts} block per channel, "
+                "the test wants several")
+    part_array(f, comm, to_device, "opencl", big=True)
 
 
 def part_chainer(f, comm):
