@@ -1,0 +1,63 @@
+"""InPlaceABNSync: InPlace-ABN whose batch statistics are those of all ranks of a ChainerMN
+communicator (SPEC.md, "Several processes"; the exchange is in :mod:`cupy_abn.sync`).
+
+In place like :class:`InPlaceABN`: in training the output is written into the input's array.
+Evaluation exchanges nothing.  Gradient convention, as ChainerMN's
+``MultiNodeBatchNormalization``: in training, ``gamma.grad`` and ``beta.grad`` are the sums over
+the global batch divided by ``comm.size``, identical on every rank, so that the multi-node
+optimizer (which averages gradients over ranks) applies the gradient of the mean of the ranks'
+losses, like every other parameter; ``x.grad`` is this rank's slice of the global gradient.
+"""
+from __future__ import annotations
+
+import chainer
+import numpy as np
+
+from ..sync import sync_abn_backward, sync_abn_forward
+
+
+class InPlaceABNSyncFunction(chainer.FunctionNode):
+    """``(x, gamma, beta) -> z``, collectively over ``comm``; ``z`` is ``x``'s array in place."""
+
+    def __init__(self, comm, running_mean=None, running_var=None, *, training=True,
+                 decay=0.9, eps=2e-5, activation="leaky_relu", activation_param=0.01,
+                 mode="inplace"):
+        self.comm = comm
+        self.running_mean, self.running_var = running_mean, running_var
+        self.kw = dict(training=training, decay=decay, eps=eps, activation=activation,
+                       activation_param=activation_param, mode=mode)
+        self.saved = None
+
+    def forward(self, inputs):
+        x, gamma, beta = inputs
+        z, self.saved = sync_abn_forward(x, gamma, beta, self.running_mean, self.running_var,
+                                         self.comm, **self.kw)
+        return z,
+
+    def backward(self, indexes, grad_outputs):
+        gz, = grad_outputs
+        saved, self.saved = self.saved, None
+        xp = chainer.backend.get_array_module(saved.z)
+        gz = xp.zeros_like(saved.z) if gz is None else gz.array
+        dx, dg, db = sync_abn_backward(saved, gz, self.comm)
+        if saved.training:
+            size = self.comm.size
+            dg, db = dg / dg.dtype.type(size), db / db.dtype.type(size)
+        return chainer.Variable(dx), chainer.Variable(dg), chainer.Variable(db)
+
+
+def inplace_abn_sync(x, gamma, beta, comm, running_mean=None, running_var=None, *,
+                     decay=0.9, eps=2e-5, activation="leaky_relu", activation_param=0.01,
+                     mode="inplace", training=None):
+    """Functional InPlaceABNSync; ``training`` defaults to ``chainer.config.train``.
+
+    Every rank of ``comm`` calls it for the same layer with its slice of the global batch
+    (its batch may be empty).  Running statistics, when given, are updated in place (training)
+    or used (evaluation, which needs them and exchanges nothing).
+    """
+    if training is None:
+        training = bool(chainer.config.train)
+    fn = InPlaceABNSyncFunction(comm, running_mean, running_var, training=training,
+                                decay=decay, eps=eps, activation=activation,
+                                activation_param=activation_param, mode=mode)
+    return fn.apply((x, gamma, beta))[0]
