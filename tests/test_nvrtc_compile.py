@@ -11,12 +11,13 @@ import pytest
 from cupy_abn import _kernel_source as K
 from cupy_abn import _nvrtc
 
+WHY = ""
 try:
     NVRTC = _nvrtc.load()
 except Exception as err:   # ImportError, OSError, or a cupy error without libnvrtc
     NVRTC, WHY = None, f"NVRTC not available: {err}"
 
-pytestmark = pytest.mark.skipif(NVRTC is None, reason=globals().get("WHY", ""))
+pytestmark = pytest.mark.skipif(NVRTC is None, reason=WHY)
 
 VARIANTS = list(K.all_variants())
 CASES = [(arch, fam) for arch in _nvrtc.ARCHS for fam in K.FILES]
