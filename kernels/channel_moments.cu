@@ -36,9 +36,9 @@ KERNEL void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_
 
     acc_t n = 0, mu = 0, q = 0;
     const idx_t stride = (idx_t)blocks * BLOCK_SIZE;
-    for (idx_t j = (idx_t)b * BLOCK_SIZE + tid; j < m; j += stride) {
-        const idx_t row = j / spatial;
-        const acc_t d = LOAD_X(xc, row * plane + (j - row * spatial)) - sh;
+    walk_t w = walk_start((idx_t)b * BLOCK_SIZE + tid, stride, spatial);
+    for (idx_t j = (idx_t)b * BLOCK_SIZE + tid; j < m; j += stride, walk_step(&w)) {
+        const acc_t d = LOAD_X(xc, w.row * plane + w.col) - sh;
         n += (acc_t)1;
         const acc_t delta = d - mu;
         mu += delta / n;

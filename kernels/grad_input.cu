@@ -8,11 +8,22 @@ KERNEL void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz,
                        idx_t numel, acc_t param, GLOBAL store_t *dx)
 {
     const idx_t stride = (idx_t)GRID_SIZE * BLOCK_SIZE;
-    for (idx_t i = (idx_t)BLOCK_ID * BLOCK_SIZE + THREAD_ID; i < numel; i += stride) {
-        const unsigned int c = (unsigned int)((i / spatial) % channels);
+    const idx_t start = (idx_t)BLOCK_ID * BLOCK_SIZE + THREAD_ID;
+    /* rows n * C + c of length spatial: track c and the column, no division per step */
+    walk_t w = walk_start(start, stride, spatial);
+    unsigned int c = (unsigned int)(w.row % channels);
+    const unsigned int dc = (unsigned int)(w.d_row % channels);
+    for (idx_t i = start; i < numel; i += stride) {
         acc_t dy, t;
         grad_terms(z, dz, x, stats, channels, c, i, param, &dy, &t);
         STORE_X(dx, i, (dy - t * coef[COEF_A * channels + c] - coef[COEF_B * channels + c])
                            * coef[COEF_K * channels + c]);
+        w.col += w.d_col;
+        c += dc;
+        if (w.col >= spatial) {
+            w.col -= spatial;
+            c += 1;
+        }
+        if (c >= channels) c -= channels;   /* c + dc + 1 < 2 * channels */
     }
 }

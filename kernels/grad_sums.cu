@@ -17,9 +17,9 @@ KERNEL void grad_sums(GLOBAL const store_t *z, GLOBAL const store_t *dz,
 
     acc_t a = 0, at = 0;
     const idx_t stride = (idx_t)blocks * BLOCK_SIZE;
-    for (idx_t j = (idx_t)b * BLOCK_SIZE + tid; j < m; j += stride) {
-        const idx_t row = j / spatial;
-        const idx_t i = base + row * plane + (j - row * spatial);
+    walk_t w = walk_start((idx_t)b * BLOCK_SIZE + tid, stride, spatial);
+    for (idx_t j = (idx_t)b * BLOCK_SIZE + tid; j < m; j += stride, walk_step(&w)) {
+        const idx_t i = base + w.row * plane + w.col;
         acc_t dy, t;
         grad_terms(z, dz, x, stats, channels, c, i, param, &dy, &t);
         a += dy;

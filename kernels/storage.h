@@ -68,3 +68,28 @@ typedef unsigned int idx_t;
 
 /* Largest block (threads) of the reduction kernels: static shared memory is sized by it. */
 #define MAX_BLOCK 256
+
+/* Position (row, col) of a flat index in rows of length `len`, advanced by a fixed stride
+ * without a division per step: stride = d_row * len + d_col, d_col < len. */
+typedef struct { idx_t row, col, d_row, d_col, len; } walk_t;
+
+DEVICE walk_t walk_start(idx_t start, idx_t stride, idx_t len)
+{
+    walk_t w;
+    w.row = start / len;
+    w.col = start - w.row * len;
+    w.d_row = stride / len;
+    w.d_col = stride - w.d_row * len;
+    w.len = len;
+    return w;
+}
+
+DEVICE void walk_step(walk_t *w)
+{
+    w->row += w->d_row;
+    w->col += w->d_col;
+    if (w->col >= w->len) {
+        w->col -= w->len;
+        w->row += 1;
+    }
+}

@@ -98,3 +98,18 @@ def test_64bit_indexing_variant(queue, dtype, monkeypatch):
     case = Case("NCHW", (2, 3, 5, 7), dtype, "elu", "inplace", True)
     check_case(case, lambda a: cla.to_device(queue, np.ascontiguousarray(a)),
                lambda a: a.get())
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 13, 11), (5, 3, 1, 1), (2, 2, 300)],
+                         ids=["3x7x13x11", "5x3x1x1", "2x2x300"])
+def test_grid_stride_walk_over_many_rows(queue, shape, monkeypatch):
+    """A grid much smaller than the tensor: every thread walks many (channel, column) steps
+    (stride not a multiple of the row length, channel wrap-around)."""
+    from cupy_abn import _kernel_backend
+    from tests._kernel_matrix import Case
+    monkeypatch.setattr(_kernel_backend, "ELEMENTWISE_WAVES", 1)
+    monkeypatch.setattr(_kernel_backend, "ELEMENTWISE_BLOCK", 32)
+    for mode in ("standard", "inplace"):
+        case = Case("walk", shape, np.float32, "leaky_relu", mode, True)
+        check_case(case, lambda a: cla.to_device(queue, np.ascontiguousarray(a)),
+                   lambda a: a.get())
