@@ -119,7 +119,7 @@ def worker():
     comm.mpi_comm = counting
     rng = np.random.default_rng(comm.rank)
     try:
-        from cupy_abn.chainer import InPlaceABNSync
+        from cupy_abn.chainer.sync import InPlaceABNSync
     except ImportError:
         InPlaceABNSync = None
     rows = []

@@ -155,13 +155,7 @@ def part_opencl(f, comm):
 
 def part_chainer(f, comm):
     import chainer
-    from cupy_abn.chainer.sync import inplace_abn_sync
-    try:
-        from cupy_abn.chainer import InPlaceABNSync
-    except ImportError:
-        InPlaceABNSync = None
-        if RANK == 0:
-            print("cupy_abn.chainer.InPlaceABNSync not importable: link not tested")
+    from cupy_abn.chainer.sync import InPlaceABNSync, inplace_abn_sync
 
     # Gradients of gamma and beta are the global sums divided by the number of ranks
     # (ChainerMN's convention: its optimizer then averages them over ranks): times SIZE here.
@@ -181,14 +175,13 @@ def part_chainer(f, comm):
         z.backward()
         got = dict(z=zc, dx=xv.grad, dg=gv.grad * SIZE, db=bv.grad * SIZE, rm=rml, rv=rvl)
         compare(f, got, want, sl, dtype, f"functional {name}")
-        if InPlaceABNSync is None:
-            continue
         link = InPlaceABNSync(x.shape[1], comm, dtype=dtype, activation=kw["activation"],
                               activation_param=kw["activation_param"], mode=kw["mode"])
         link.gamma.array[...] = gamma
         link.beta.array[...] = beta
         link.avg_mean[...] = rm
         link.avg_var[...] = rv
+        link.cleargrads()
         xv = chainer.Variable(x[sl].copy())
         with chainer.using_config("train", True):
             z = link(xv)
@@ -198,6 +191,21 @@ def part_chainer(f, comm):
         got = dict(z=zc, dx=xv.grad, dg=link.gamma.grad * SIZE, db=link.beta.grad * SIZE,
                    rm=link.avg_mean, rv=link.avg_var)
         compare(f, got, want, sl, dtype, f"link {name}")
+
+    # Evaluation mode: the link exchanges nothing; finetune counts N as L.BatchNormalization.
+    counting = CountingComm(getattr(comm, "mpi_comm", comm))
+    link = InPlaceABNSync(3, counting)
+    xv = chainer.Variable(np.random.default_rng(RANK).standard_normal((2, 3, 4)))
+    xv = chainer.Variable(xv.array.astype(np.float32))
+    with chainer.using_config("train", False):
+        z = link(xv)
+    z.grad = np.ones_like(z.array)
+    z.backward()
+    f.check(counting.calls == 0, f"link evaluation: {counting.calls} collective(s)")
+    with chainer.using_config("train", True):
+        link(chainer.Variable(np.ones((2, 3, 4), np.float32)), finetune=True)
+    f.check(link.N == 1 and counting.calls == 2, f"link finetune: N={link.N}, "
+            f"{counting.calls} collectives")
 
 
 class CountingComm:

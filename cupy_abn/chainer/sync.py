@@ -1,7 +1,7 @@
 """InPlaceABNSync: InPlace-ABN whose batch statistics are those of all ranks of a ChainerMN
 communicator (SPEC.md, "Several processes"; the exchange is in :mod:`cupy_abn.sync`).
 
-In place like :class:`InPlaceABN`: in training the output is written into the input's array.
+In place like the other in-place modes: in training the output is written into the input's array.
 Evaluation exchanges nothing.  Gradient convention, as ChainerMN's
 ``MultiNodeBatchNormalization``: in training, ``gamma.grad`` and ``beta.grad`` are the sums over
 the global batch divided by ``comm.size``, identical on every rank, so that the multi-node
@@ -61,3 +61,53 @@ def inplace_abn_sync(x, gamma, beta, comm, running_mean=None, running_var=None, 
                                 decay=decay, eps=eps, activation=activation,
                                 activation_param=activation_param, mode=mode)
     return fn.apply((x, gamma, beta))[0]
+
+
+class InPlaceABNSync(chainer.Link):
+    """Synchronized InPlace-ABN layer: L.BatchNormalization's parameters and persistents
+    (``gamma``, ``beta``, ``avg_mean``, ``avg_var``, ``N``, ``decay``, ``eps``), an activation,
+    a mode, and the ChainerMN communicator ``comm`` over whose ranks the statistics are taken.
+
+    Every rank calls it (collectively) with its slice of the global batch; ``finetune=True``
+    accumulates population statistics with ``decay = 1 - 1/N`` as L.BatchNormalization does.
+    In evaluation mode (``chainer.config.train`` False) nothing is exchanged.
+    """
+
+    def __init__(self, size, comm, decay=0.9, eps=2e-5, dtype=None, initial_gamma=None,
+                 initial_beta=None, activation="leaky_relu", activation_param=0.01,
+                 mode="inplace"):
+        super().__init__()
+        self.comm = comm
+        self.decay, self.eps = decay, eps
+        self.activation, self.activation_param, self.mode = activation, activation_param, mode
+        dtype = chainer.get_dtype(dtype, map_mixed16=np.float32)
+        self.avg_mean = np.zeros(size, dtype)
+        self.register_persistent("avg_mean")
+        self.avg_var = np.ones(size, dtype)
+        self.register_persistent("avg_var")
+        self.N = 0
+        self.register_persistent("N")
+        with self.init_scope():
+            g = chainer.initializers._get_initializer(1 if initial_gamma is None
+                                                      else initial_gamma)
+            b = chainer.initializers._get_initializer(0 if initial_beta is None
+                                                      else initial_beta)
+            g.dtype = b.dtype = dtype
+            self.gamma = chainer.Parameter(g, size)
+            self.beta = chainer.Parameter(b, size)
+
+    def forward(self, x, finetune=False):
+        training = bool(chainer.config.train)
+        decay = self.decay
+        if training and finetune:
+            self.N += 1
+            decay = 1.0 - 1.0 / self.N
+        return inplace_abn_sync(x, self.gamma, self.beta, self.comm, self.avg_mean,
+                                self.avg_var, decay=decay, eps=self.eps,
+                                activation=self.activation,
+                                activation_param=self.activation_param, mode=self.mode,
+                                training=training)
+
+    def start_finetuning(self):
+        """Resets the population count, as L.BatchNormalization.start_finetuning."""
+        self.N = 0
