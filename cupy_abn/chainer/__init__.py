@@ -1,0 +1,19 @@
+"""Chainer layers of cupy-abn.
+
+Importing this package first makes Chainer 7.8.1 importable under NumPy 2
+(:mod:`cupy_abn.chainer._numpy2_compat`), then imports Chainer.
+
+Links: :class:`ABN`, :class:`InPlaceABN`, :class:`InPlaceABNSync`.  Functions:
+:func:`abn`, :func:`inplace_abn`, :func:`inplace_abn_v1`, :func:`inplace_abn_sync`.
+"""
+from . import _numpy2_compat
+
+_numpy2_compat.apply()
+
+from ._graph import InPlaceFallbackWarning  # noqa: E402
+from .functions import ABNFunction, abn, inplace_abn, inplace_abn_v1  # noqa: E402
+from .links import ABN, InPlaceABN  # noqa: E402
+from .sync import InPlaceABNSync, inplace_abn_sync  # noqa: E402
+
+__all__ = ["ABN", "InPlaceABN", "InPlaceABNSync", "ABNFunction", "abn", "inplace_abn",
+           "inplace_abn_v1", "inplace_abn_sync", "InPlaceFallbackWarning"]

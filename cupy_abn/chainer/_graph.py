@@ -1,0 +1,109 @@
+"""Graph safety of the in-place layers: when x may be overwritten, and what happens to x after.
+
+Chainer keeps no list of a variable's consumers, so the in-place node checks what it can see
+before writing and makes the rest fail loudly:
+
+* before: x is written in place only if it has a creator (it is an intermediate result, not
+  the network's input or a parameter), no node retains its array for backward (``node.data``
+  is set by ``retain_inputs``/``retain_outputs``: a convolution that read x, an ``F.relu`` that
+  produced it, a standard-mode ABN), and its array owns its memory (not a view that another
+  variable may share).  Otherwise the node computes on a copy and warns
+  (:class:`InPlaceFallbackWarning`); a non-contiguous x (Chainer's CPU convolution returns one)
+  is copied silently, since it must be made contiguous anyway and is not shared.  The array
+  must also have no Python reference besides its Variable's: one more means that someone
+  else can see the memory (the caller, a view of it, a variable that ``F.identity`` passed it
+  through from), and a copy is the safe answer.
+* after: the input ``Variable`` object no longer refers to the overwritten array; any later use
+  (the skip connection of a residual block that fed its input to the layer) raises instead of
+  reading the layer's output as if it were x.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any, Optional
+
+import chainer
+import numpy as np
+
+
+class InPlaceFallbackWarning(UserWarning):
+    """An in-place layer computed on a copy of x because x must not be overwritten."""
+
+
+_AFTER = ("x was overwritten in place by an InPlaceABN layer and holds its output now: feed "
+          "the layer a value that no other node uses (e.g. conv -> InPlaceABN), or keep x "
+          "with mode='standard' / an explicit F.copy")
+
+
+class OverwrittenArray:
+    """Stands in for the array of a Variable that an in-place layer has overwritten.
+
+    Every attribute access raises, so reusing the variable fails with a message instead of
+    silently reading the layer's output.
+    """
+    __slots__ = ("shape_", "dtype_")
+
+    def __init__(self, shape, dtype):
+        self.shape_, self.dtype_ = tuple(shape), dtype
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"{_AFTER} (accessed .{name} of an array of shape {self.shape_})")
+
+    def __repr__(self) -> str:
+        return f"<OverwrittenArray shape={self.shape_} dtype={self.dtype_}: {_AFTER}>"
+
+    def __array__(self, *args, **kwargs):
+        raise RuntimeError(_AFTER)
+
+    def __len__(self) -> int:
+        raise RuntimeError(_AFTER)
+
+
+def copy_reason(x: Any) -> Optional[str]:
+    """Why ``x`` (a Variable or an array) must not be overwritten, or None if it may be."""
+    if not isinstance(x, chainer.Variable):
+        return "x is an array, not the output of another node (a network input)"
+    if x.creator_node is None:
+        return "x is a leaf variable (a network input or a parameter)"
+    if x.node.data is not None:
+        return (f"x's array is retained for backward by {x.creator_node.label} or by another "
+                "node that read it")
+    # Before binding the array to a local name, which would count as a reference.
+    if _array_refs(x) > _BASELINE_REFS:
+        return ("x's array is referenced outside the graph (by another variable, a view of "
+                "it, or the caller)")
+    if getattr(x.array, "base", None) is not None and x.array.flags.c_contiguous:
+        return "x's array is a view that may share memory with another variable"
+    return None
+
+
+def _array_refs(v: "chainer.Variable") -> int:
+    return sys.getrefcount(v._data[0])
+
+
+# References to the array of a Variable that nothing else sees (its own, plus the call's).
+_BASELINE_REFS = _array_refs(chainer.Variable(np.empty(1)))
+
+
+def needs_copy(x: Any, stacklevel: int = 3) -> bool:
+    """Whether the in-place node must work on a copy of ``x``; warns where x is protected."""
+    reason = copy_reason(x)
+    arr = x.array if isinstance(x, chainer.Variable) else x
+    if reason is None:
+        return not arr.flags.c_contiguous
+    warnings.warn(f"InPlaceABN computes on a copy of x (one extra buffer of shape "
+                  f"{tuple(arr.shape)}) because {reason}", InPlaceFallbackWarning,
+                  stacklevel=stacklevel)
+    return True
+
+
+def invalidate(x: Any) -> None:
+    """Detach an overwritten input Variable from its array (see the module docstring).
+
+    Writes ``Variable._data`` directly: the public setter accepts arrays only.  The node keeps
+    its shape/dtype metadata, so backward through the graph is unaffected.
+    """
+    if isinstance(x, chainer.Variable):
+        arr = x.array
+        x._data[0] = OverwrittenArray(arr.shape, arr.dtype)

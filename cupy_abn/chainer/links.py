@@ -1,0 +1,169 @@
+"""Links ``ABN`` and ``InPlaceABN``: ``L.BatchNormalization``'s parameters and persistents, fused
+with an activation.
+
+They keep the names and meaning of ``L.BatchNormalization`` (``gamma``, ``beta``, ``avg_mean``,
+``avg_var``, ``N``, ``decay``, ``eps``; ``chainer.config.train`` selects batch or running
+statistics; ``finetune`` accumulates population statistics), so checkpoints and optimizer
+settings carry over.  In ``InPlaceABN`` the scale applied is ``|gamma| + eps``;
+:meth:`InPlaceABN.from_batch_normalization` converts a trained ``L.BatchNormalization``.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import chainer
+import numpy as np
+from chainer import configuration, initializers
+
+from . import functions
+
+
+class _ABNLink(chainer.Link):
+    _mode = "standard"
+
+    def __init__(self, size: int, decay: float = 0.9, eps: float = 2e-5,
+                 dtype: Any = None, use_gamma: bool = True, use_beta: bool = True,
+                 initial_gamma: Any = None, initial_beta: Any = None,
+                 activation: str = "leaky_relu", activation_param: float = 0.01,
+                 mode: Optional[str] = None):
+        super().__init__()
+        self.mode = self._mode if mode is None else mode
+        self.decay, self.eps = decay, eps
+        self.activation, self.activation_param = activation, activation_param
+        self.use_gamma, self.use_beta = use_gamma, use_beta
+        # float16 networks keep float32 parameters and statistics, like L.BatchNormalization.
+        self._dtype = chainer.get_dtype(dtype, map_mixed16=np.float32)
+        self.avg_mean = np.zeros(size, self._dtype)
+        self.register_persistent("avg_mean")
+        self.avg_var = np.ones(size, self._dtype)
+        self.register_persistent("avg_var")
+        self.N = 0
+        self.register_persistent("N")
+        with self.init_scope():
+            if use_gamma:
+                g = initializers._get_initializer(1 if initial_gamma is None else initial_gamma)
+                g.dtype = self._dtype
+                self.gamma = chainer.Parameter(g, size)
+            if use_beta:
+                b = initializers._get_initializer(0 if initial_beta is None else initial_beta)
+                b.dtype = self._dtype
+                self.beta = chainer.Parameter(b, size)
+
+    def _fixed(self, value: float):
+        return self.xp.full(self.avg_mean.shape, value, self._dtype)
+
+    def _gamma(self):
+        if self.use_gamma:
+            return self.gamma
+        # No learned scale: the scale applied is 1 (|gamma| + eps in the in-place modes).
+        return self._fixed(1.0 if self.mode == "standard" else 1.0 - self.eps)
+
+    def forward(self, x: Any, finetune: bool = False) -> chainer.Variable:
+        """Normalize and activate ``x`` (N, C, ...) with batch or running statistics.
+
+        Parameters
+        ----------
+        x : Variable or array
+            In ``InPlaceABN`` training and evaluation, x's array is overwritten with the output
+            when x may be (see :mod:`cupy_abn.chainer._graph`).
+        finetune : bool
+            Accumulate population statistics with ``decay = 1 - 1/N`` (training only).
+        """
+        training = bool(configuration.config.train)
+        beta = self.beta if self.use_beta else self._fixed(0.0)
+        decay = self.decay
+        if training and finetune:
+            self.N += 1
+            decay = 1.0 - 1.0 / self.N
+        # Recomputation (F.forget) must not update the running statistics a second time.
+        keep_stats = training and getattr(configuration.config, "in_recomputing", False)
+        mean, var = (None, None) if keep_stats else (self.avg_mean, self.avg_var)
+        kw = dict(training=training, decay=decay, eps=self.eps, activation=self.activation,
+                  activation_param=self.activation_param)
+        if self.mode == "standard":
+            return functions.abn(x, self._gamma(), beta, mean, var, **kw)
+        return functions.inplace_abn(x, self._gamma(), beta, mean, var, mode=self.mode, **kw)
+
+    def start_finetuning(self) -> None:
+        """Reset the population count, as ``L.BatchNormalization.start_finetuning``."""
+        self.N = 0
+
+
+class ABN(_ABNLink):
+    """Batch normalization fused with an activation (x is kept; any activation, incl. relu).
+
+    Parameters
+    ----------
+    size : int
+        Channels (axis 1 of the input).
+    decay, eps, dtype, use_gamma, use_beta, initial_gamma, initial_beta
+        As in ``chainer.links.BatchNormalization``.
+    activation : {"leaky_relu", "elu", "identity", "relu"}
+    activation_param : float
+        Slope of leaky_relu or alpha of elu.
+    """
+    _mode = "standard"
+
+
+class InPlaceABN(_ABNLink):
+    """InPlace-ABN: the output overwrites the input, and backward is rebuilt from the output.
+
+    The training graph keeps one buffer per layer (the output) instead of the input and the
+    output.  Parameters as :class:`ABN`; the activation must be invertible (leaky_relu with a
+    slope > 0, elu, identity) and the scale applied is ``|gamma| + eps``.  ``mode`` is
+    ``"inplace"`` (INPLACE-ABN II, default) or ``"inplace_v1"`` (INPLACE-ABN I).
+    """
+    _mode = "inplace"
+
+    def __init__(self, size: int, *args, mode: str = "inplace", **kwargs):
+        if mode not in ("inplace", "inplace_v1"):
+            raise ValueError(f"mode: expected 'inplace' or 'inplace_v1', got {mode!r}")
+        super().__init__(size, *args, mode=mode, **kwargs)
+
+    @classmethod
+    def from_batch_normalization(cls, bn: "chainer.links.BatchNormalization",
+                                 activation: str = "leaky_relu",
+                                 activation_param: float = 0.01,
+                                 mode: str = "inplace") -> "InPlaceABN":
+        """An InPlaceABN computing what ``bn`` followed by the activation computes.
+
+        ``gamma`` is mapped through the reparametrization ``|gamma| + eps``: the new gamma is
+        ``bn.gamma - eps``.  A scale below ``eps`` (zero or negative) has no representation;
+        such entries become ``eps`` (gamma 0) and one warning gives their count.
+
+        Parameters
+        ----------
+        bn : chainer.links.BatchNormalization
+            Its eps, decay, running statistics, N, gamma and beta are copied (to the device of
+            ``bn``).
+        activation, activation_param, mode
+            Of the new layer.
+
+        Returns
+        -------
+        InPlaceABN
+        """
+        size = bn.avg_mean.shape[0]
+        dtype = bn.avg_mean.dtype
+        layer = cls(size, decay=bn.decay, eps=bn.eps, dtype=dtype,
+                    use_gamma=True, use_beta=True, activation=activation,
+                    activation_param=activation_param, mode=mode)
+        layer.to_device(chainer.backend.get_device_from_array(bn.avg_mean))
+        xp = layer.xp
+        scale = xp.asarray(bn.gamma.array if getattr(bn, "gamma", None) is not None
+                           else xp.ones(size, dtype)).astype(dtype)
+        shift = xp.asarray(bn.beta.array if getattr(bn, "beta", None) is not None
+                           else xp.zeros(size, dtype)).astype(dtype)
+        bad = int((scale < bn.eps).sum())
+        if bad:
+            warnings.warn(f"from_batch_normalization: {bad} of {size} entries of gamma are "
+                          f"below eps={bn.eps} (zero or negative); InPlaceABN's scale "
+                          "|gamma| + eps cannot represent them and uses eps instead",
+                          UserWarning, stacklevel=2)
+        layer.gamma.array[...] = xp.maximum(scale - dtype.type(bn.eps), 0)
+        layer.beta.array[...] = shift
+        layer.avg_mean[...] = bn.avg_mean
+        layer.avg_var[...] = bn.avg_var
+        layer.N = bn.N
+        return layer
