@@ -154,8 +154,8 @@ def part_opencl(f, comm):
 
 
 def part_chainer(f, comm):
-    import chainer
     from cupy_abn.chainer.sync import InPlaceABNSync, inplace_abn_sync
+    import chainer  # after cupy_abn.chainer: its NumPy 2 compatibility step
 
     # Gradients of gamma and beta are the global sums divided by the number of ranks
     # (ChainerMN's convention: its optimizer then averages them over ranks): times SIZE here.
@@ -167,8 +167,10 @@ def part_chainer(f, comm):
         rml, rvl = rm.copy(), rv.copy()
         xv = chainer.Variable(x[sl].copy())
         with chainer.using_config("train", True):
-            z = inplace_abn_sync(xv, gv, bv, comm, running_mean=rml, running_var=rvl, **kw)
-        f.check(kw["mode"] == "standard" or z.array is xv.array,
+            h = xv * 1   # an intermediate: a leaf would be copied (cupy_abn.chainer._graph)
+            h_id = id(h.array)
+            z = inplace_abn_sync(h, gv, bv, comm, running_mean=rml, running_var=rvl, **kw)
+        f.check(kw["mode"] == "standard" or id(z.array) == h_id,
                 f"functional {name}: not in place")
         zc = z.array.copy()
         z.grad = dz[sl].copy()
@@ -184,7 +186,7 @@ def part_chainer(f, comm):
         link.cleargrads()
         xv = chainer.Variable(x[sl].copy())
         with chainer.using_config("train", True):
-            z = link(xv)
+            z = link(xv * 1)
         zc = z.array.copy()
         z.grad = dz[sl].copy()
         z.backward()
@@ -282,6 +284,7 @@ def main():
     parser.add_argument("--comm", choices=["mpi4py", "chainermn"], default="chainermn")
     args = parser.parse_args()
     if args.comm == "chainermn":
+        import cupy_abn.chainer  # noqa: F401  NumPy 2 compatibility step before Chainer
         import chainermn
         comm = chainermn.create_communicator("naive", MPI.COMM_WORLD)
     else:

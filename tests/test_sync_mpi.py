@@ -44,7 +44,7 @@ def _run(ranks, part, comm=None):
     if mpiexec is None:
         pytest.skip("mpiexec not found (pip install mpich)")
     if comm is None:
-        comm = "chainermn" if _importable("chainermn") else "mpi4py"
+        comm = "chainermn" if _importable("cupy_abn.chainer", "chainermn") else "mpi4py"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
         PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
@@ -80,7 +80,7 @@ def test_rejections_raise_everywhere_and_eval_does_not_communicate(ranks):
 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_chainer_link_matches_one_process(ranks):
-    if not _importable("chainermn", "cupy_abn.chainer.sync"):
+    if not _importable("cupy_abn.chainer.sync", "chainermn"):
         pytest.skip("cupy_abn.chainer.sync or chainermn not importable")
     _run(ranks, "chainer")
 

@@ -14,6 +14,7 @@ import chainer
 import numpy as np
 
 from ..sync import sync_abn_backward, sync_abn_forward
+from . import _graph
 
 
 class InPlaceABNSyncFunction(chainer.FunctionNode):
@@ -21,8 +22,9 @@ class InPlaceABNSyncFunction(chainer.FunctionNode):
 
     def __init__(self, comm, running_mean=None, running_var=None, *, training=True,
                  decay=0.9, eps=2e-5, activation="leaky_relu", activation_param=0.01,
-                 mode="inplace"):
+                 mode="inplace", copy_input=False):
         self.comm = comm
+        self.copy_input = copy_input
         self.running_mean, self.running_var = running_mean, running_var
         self.kw = dict(training=training, decay=decay, eps=eps, activation=activation,
                        activation_param=activation_param, mode=mode)
@@ -30,6 +32,14 @@ class InPlaceABNSyncFunction(chainer.FunctionNode):
 
     def forward(self, inputs):
         x, gamma, beta = inputs
+        if self.copy_input:   # x must not be overwritten (cupy_abn.chainer._graph)
+            xp = chainer.backend.get_array_module(x)
+            x = xp.array(x, order="C", copy=True)
+        # Mark what the graph must not overwrite: x (standard mode keeps it) or z (in place).
+        if self.kw["mode"] == "standard":
+            self.retain_inputs((0,))
+        else:
+            self.retain_outputs((0,))
         z, self.saved = sync_abn_forward(x, gamma, beta, self.running_mean, self.running_var,
                                          self.comm, **self.kw)
         return z,
@@ -57,10 +67,15 @@ def inplace_abn_sync(x, gamma, beta, comm, running_mean=None, running_var=None, 
     """
     if training is None:
         training = bool(chainer.config.train)
+    copy = mode != "standard" and _graph.needs_copy(x, stacklevel=3)
     fn = InPlaceABNSyncFunction(comm, running_mean, running_var, training=training,
                                 decay=decay, eps=eps, activation=activation,
-                                activation_param=activation_param, mode=mode)
-    return fn.apply((x, gamma, beta))[0]
+                                activation_param=activation_param, mode=mode,
+                                copy_input=copy)
+    z = fn.apply((x, gamma, beta))[0]
+    if mode != "standard" and not copy:
+        _graph.invalidate(x)
+    return z
 
 
 class InPlaceABNSync(chainer.Link):
