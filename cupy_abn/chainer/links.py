@@ -79,11 +79,14 @@ class _ABNLink(chainer.Link):
         # Recomputation (F.forget) must not update the running statistics a second time.
         keep_stats = training and getattr(configuration.config, "in_recomputing", False)
         mean, var = (None, None) if keep_stats else (self.avg_mean, self.avg_var)
-        kw = dict(training=training, decay=decay, eps=self.eps, activation=self.activation,
-                  activation_param=self.activation_param)
+        return self._apply(x, self._gamma(), beta, mean, var, training=training, decay=decay,
+                           eps=self.eps, activation=self.activation,
+                           activation_param=self.activation_param)
+
+    def _apply(self, x, gamma, beta, mean, var, **kw) -> chainer.Variable:
         if self.mode == "standard":
-            return functions.abn(x, self._gamma(), beta, mean, var, **kw)
-        return functions.inplace_abn(x, self._gamma(), beta, mean, var, mode=self.mode, **kw)
+            return functions.abn(x, gamma, beta, mean, var, **kw)
+        return functions.inplace_abn(x, gamma, beta, mean, var, mode=self.mode, **kw)
 
     def start_finetuning(self) -> None:
         """Reset the population count, as ``L.BatchNormalization.start_finetuning``."""

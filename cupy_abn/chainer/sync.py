@@ -11,10 +11,10 @@ losses, like every other parameter; ``x.grad`` is this rank's slice of the globa
 from __future__ import annotations
 
 import chainer
-import numpy as np
 
 from ..sync import sync_abn_backward, sync_abn_forward
 from . import _graph
+from .links import _ABNLink
 
 
 class InPlaceABNSyncFunction(chainer.FunctionNode):
@@ -78,51 +78,23 @@ def inplace_abn_sync(x, gamma, beta, comm, running_mean=None, running_var=None, 
     return z
 
 
-class InPlaceABNSync(chainer.Link):
-    """Synchronized InPlace-ABN layer: L.BatchNormalization's parameters and persistents
-    (``gamma``, ``beta``, ``avg_mean``, ``avg_var``, ``N``, ``decay``, ``eps``), an activation,
-    a mode, and the ChainerMN communicator ``comm`` over whose ranks the statistics are taken.
+class InPlaceABNSync(_ABNLink):
+    """Synchronized InPlace-ABN layer: :class:`cupy_abn.chainer.InPlaceABN` (L.BatchNormalization's
+    parameters and persistents, ``finetune``, an activation, a mode) whose batch statistics are
+    those of all ranks of the ChainerMN communicator ``comm``.
 
-    Every rank calls it (collectively) with its slice of the global batch; ``finetune=True``
-    accumulates population statistics with ``decay = 1 - 1/N`` as L.BatchNormalization does.
-    In evaluation mode (``chainer.config.train`` False) nothing is exchanged.
+    Every rank calls it (collectively) with its slice of the global batch.  In evaluation mode
+    (``chainer.config.train`` False) nothing is exchanged.
     """
+    _mode = "inplace"
 
-    def __init__(self, size, comm, decay=0.9, eps=2e-5, dtype=None, initial_gamma=None,
-                 initial_beta=None, activation="leaky_relu", activation_param=0.01,
-                 mode="inplace"):
-        super().__init__()
+    def __init__(self, size: int, comm, decay: float = 0.9, eps: float = 2e-5, dtype=None,
+                 use_gamma: bool = True, use_beta: bool = True, initial_gamma=None,
+                 initial_beta=None, activation: str = "leaky_relu",
+                 activation_param: float = 0.01, mode: str = "inplace"):
+        super().__init__(size, decay, eps, dtype, use_gamma, use_beta, initial_gamma,
+                         initial_beta, activation, activation_param, mode)
         self.comm = comm
-        self.decay, self.eps = decay, eps
-        self.activation, self.activation_param, self.mode = activation, activation_param, mode
-        dtype = chainer.get_dtype(dtype, map_mixed16=np.float32)
-        self.avg_mean = np.zeros(size, dtype)
-        self.register_persistent("avg_mean")
-        self.avg_var = np.ones(size, dtype)
-        self.register_persistent("avg_var")
-        self.N = 0
-        self.register_persistent("N")
-        with self.init_scope():
-            g = chainer.initializers._get_initializer(1 if initial_gamma is None
-                                                      else initial_gamma)
-            b = chainer.initializers._get_initializer(0 if initial_beta is None
-                                                      else initial_beta)
-            g.dtype = b.dtype = dtype
-            self.gamma = chainer.Parameter(g, size)
-            self.beta = chainer.Parameter(b, size)
 
-    def forward(self, x, finetune=False):
-        training = bool(chainer.config.train)
-        decay = self.decay
-        if training and finetune:
-            self.N += 1
-            decay = 1.0 - 1.0 / self.N
-        return inplace_abn_sync(x, self.gamma, self.beta, self.comm, self.avg_mean,
-                                self.avg_var, decay=decay, eps=self.eps,
-                                activation=self.activation,
-                                activation_param=self.activation_param, mode=self.mode,
-                                training=training)
-
-    def start_finetuning(self):
-        """Resets the population count, as L.BatchNormalization.start_finetuning."""
-        self.N = 0
+    def _apply(self, x, gamma, beta, mean, var, **kw) -> chainer.Variable:
+        return inplace_abn_sync(x, gamma, beta, self.comm, mean, var, mode=self.mode, **kw)
