@@ -1,0 +1,49 @@
+"""Where a demo or benchmark ran: the device and the versions that shape its numbers."""
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Any, Dict
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device: all mean "run on the CPU"
+        return False
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(gpu: bool) -> Dict[str, Any]:
+    """Device name and library versions, for the JSON results."""
+    import numpy
+    info: Dict[str, Any] = {"python": sys.version.split()[0], "numpy": numpy.__version__}
+    try:
+        from . import chainer as _abn_chainer  # noqa: F401  (NumPy 2 step before Chainer)
+        import chainer
+        info["chainer"] = chainer.__version__
+    except Exception:
+        pass
+    if gpu:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        info.update(device=props["name"].decode() if isinstance(props["name"], bytes)
+                    else str(props["name"]), cupy=cupy.__version__,
+                    cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(),
+                    cuda_driver=cupy.cuda.runtime.driverGetVersion())
+    else:
+        import os
+        info.update(device=f"CPU: {_cpu_name()} ({os.cpu_count()} cores)")
+    return info

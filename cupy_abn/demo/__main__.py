@@ -1,0 +1,171 @@
+"""Train the same ResNet with BatchNormalization + leaky_relu and with InPlaceABN.
+
+    python -m cupy_abn.demo [--steps 300] [--device auto|cpu|gpu] [--out demo_out]
+
+Runs on the GPU when CuPy sees one, on the CPU otherwise.  For each network it reports the
+loss curve, the peak memory of a training step (CuPy memory hook on a GPU, tracemalloc on the
+CPU; measured on step 1, which is then left out of the timing), the median step time, and the
+largest batch whose training step fits in ``--budget-mib``.  Writes ``demo_<cpu|gpu>.json``
+and ``demo_<cpu|gpu>.png`` into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .._environment import describe, gpu_available
+from . import memory, network
+from .training import Trainer
+from .plot import plot
+
+# Per device: (batch, image size, widths, memory budget in MiB).  The CPU defaults keep the
+# whole demo to about a minute on two cores.
+DEFAULTS = {"cpu": (16, 16, (16, 32, 64), 256), "gpu": (64, 32, (64, 128, 256), 2048)}
+MEASURED_STEP = 1     # the step whose memory is measured (after the optimizer's first update)
+WARMUP = 5            # steps left out of the step time
+
+
+def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m cupy_abn.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--steps", type=int, default=300, help="training steps per network")
+    p.add_argument("--batch", type=int, help="batch size (cpu 16, gpu 64)")
+    p.add_argument("--size", type=int, help="image height and width (cpu 16, gpu 32)")
+    p.add_argument("--widths", help="channels per stage, comma separated "
+                                    "(cpu 16,32,64; gpu 64,128,256)")
+    p.add_argument("--blocks", type=int, default=2, help="residual blocks per stage")
+    p.add_argument("--lr", type=float, default=0.02, help="MomentumSGD learning rate")
+    p.add_argument("--budget-mib", type=int, help="memory budget for the largest-batch search "
+                                                  "(cpu 256, gpu 2048)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="demo_out", help="folder for the JSON and the PNG")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.steps < MEASURED_STEP + 1:
+        p.error(f"--steps: need at least {MEASURED_STEP + 1}, got {args.steps}")
+    return args
+
+
+def _train(run: Trainer, data: network.SyntheticData, steps: int, batch: int,
+           progress: bool) -> Dict[str, Any]:
+    from tqdm.auto import tqdm
+    from ..chainer import InPlaceFallbackWarning
+
+    losses, times, kept, peak = [], [], 0, 0
+    bar = tqdm(range(steps), desc=f"{run.kind:>8}", disable=not progress, leave=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InPlaceFallbackWarning)
+        for i in bar:
+            x, t = data.batch(i, batch, run.xp)
+            if i == MEASURED_STEP:
+                loss, kept, peak = run.measured_step(x, t)
+                losses.append(loss)
+                continue
+            run.sync()
+            start = time.perf_counter()
+            losses.append(run.step(x, t))   # float(): waits for the GPU
+            if i >= WARMUP:
+                times.append(time.perf_counter() - start)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    fallbacks = sum(issubclass(w.category, InPlaceFallbackWarning) for w in caught)
+    return {"loss": losses, "kept_for_backward_bytes": kept, "peak_step_bytes": peak,
+            "step_ms_median": 1e3 * float(np.median(times)) if times else None,
+            "step_ms_mean": 1e3 * float(np.mean(times)) if times else None,
+            "timed_steps": len(times), "in_place_fallback_copies": fallbacks}
+
+
+def _largest_batch(run: Trainer, data: network.SyntheticData, budget: int,
+                   probe: int) -> Dict[str, Any]:
+    def measure(batch: int) -> int:
+        return run.measured_step(*data.batch(0, batch, run.xp))[2]
+    return memory.largest_batch(measure, budget, probe)
+
+
+def _tracking(a: List[float], b: List[float]) -> Dict[str, float]:
+    """How closely two loss curves follow each other."""
+    a, b = np.asarray(a), np.asarray(b)
+    diff = np.abs(a - b)
+    tail = slice(len(a) - max(1, len(a) // 5), None)
+    return {"max_abs_diff": float(diff.max()), "first_10_max_abs_diff": float(diff[:10].max()),
+            "last_fifth_mean_standard": float(a[tail].mean()),
+            "last_fifth_mean_inplace": float(b[tail].mean()),
+            "initial_loss": float(a[0])}
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = _parse(argv)
+    gpu = {"auto": gpu_available(), "cpu": False, "gpu": True}[args.device]
+    if gpu and not gpu_available():
+        raise SystemExit("--device gpu: CuPy sees no CUDA device")
+    where = "gpu" if gpu else "cpu"
+    batch, size, widths, budget_mib = DEFAULTS[where]
+    batch = args.batch or batch
+    budget_mib = args.budget_mib or budget_mib
+    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else widths
+    cfg = network.Config(widths=widths, blocks=args.blocks, size=args.size or size,
+                         seed=args.seed)
+    data = network.SyntheticData(cfg)
+    env = describe(gpu)
+    print(f"cupy-abn demo on {env['device']}: batch {batch}, {cfg.size}x{cfg.size} images, "
+          f"widths {widths}, {args.steps} steps per network")
+
+    runs: Dict[str, Dict[str, Any]] = {}
+    for kind in network.KINDS:
+        run = Trainer(kind, cfg, args.lr, gpu)
+        res = _train(run, data, args.steps, batch, not args.no_progress)
+        res["label"] = network.LABELS[kind]
+        res["largest_batch"] = _largest_batch(run, data, budget_mib * 2 ** 20, batch)
+        runs[kind] = res
+        n_norm = network.norm_layers(run.net)
+        del run
+
+    std, inp = runs["standard"], runs["inplace"]
+    result = {
+        "device": env["device"], "environment": env,
+        "config": dict(asdict(cfg), batch=batch, steps=args.steps, lr=args.lr,
+                       budget_mib=budget_mib, optimizer="MomentumSGD"),
+        "norm_layers": n_norm, "runs": runs,
+        "peak_ratio": inp["peak_step_bytes"] / std["peak_step_bytes"],
+        "kept_ratio": inp["kept_for_backward_bytes"] / std["kept_for_backward_bytes"],
+        "step_time_ratio": (inp["step_ms_median"] / std["step_ms_median"]
+                            if std["step_ms_median"] else None),
+        "largest_batch_ratio": (inp["largest_batch"]["batch"]
+                                / max(1, std["largest_batch"]["batch"])),
+        "loss_tracking": _tracking(std["loss"], inp["loss"]),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"demo_{where}.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, out / f"demo_{where}.png")
+    _print(result, out / f"demo_{where}.json")
+    return result
+
+
+def _print(result: Dict[str, Any], path: Path) -> None:
+    print(f"\n{'':34}{'kept MiB':>10}{'peak MiB':>10}{'step ms':>10}{'largest batch':>15}"
+          f"{'final loss':>12}")
+    track = result["loss_tracking"]
+    for kind, run in result["runs"].items():
+        final = track[f"last_fifth_mean_{kind}"]
+        print(f"{run['label']:34}{run['kept_for_backward_bytes'] / 2 ** 20:10.2f}"
+              f"{run['peak_step_bytes'] / 2 ** 20:10.2f}"
+              f"{run['step_ms_median']:10.2f}{run['largest_batch']['batch']:15d}{final:12.4f}")
+    print(f"in place / standard: kept for backward {result['kept_ratio']:.3f}, "
+          f"peak {result['peak_ratio']:.3f}, step time "
+          f"{result['step_time_ratio']:.3f}, largest batch {result['largest_batch_ratio']:.2f}x; "
+          f"losses differ by at most {track['max_abs_diff']:.2e} "
+          f"(initial loss {track['initial_loss']:.3f})")
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
