@@ -1,0 +1,184 @@
+"""Speed of cupy-abn's layer next to Chainer's BatchNormalization + leaky_relu and a plain
+array composition, on ResNet shapes.
+
+    python benchmarks/kernels.py                  # GPU when CuPy sees one, else CPU
+    python benchmarks/kernels.py --device cpu --batch 2
+
+On a GPU cupy-abn runs its CUDA kernels and each call is timed with CUDA events; on the CPU
+it runs the NumPy backend and is timed with perf_counter (the same suite, Chainer's CPU path
+as the baseline).  Every number is the median of ``--repeat`` calls after ``--warmup`` calls.
+
+Traffic model: the fewest bytes any implementation of the layer must move, for an input of
+S bytes (per-channel vectors ignored):
+
+    forward_train   3 S   read x for the statistics, read x again and write z
+    forward_eval    2 S   read x, write z
+    backward        5 S   read (z or x) and dz for the per-channel sums, read them again
+                          and write dx
+
+Bandwidth = model bytes / time, reported next to the copy bandwidth measured in the same run
+(``xp.copyto`` of a large buffer, read + write).  The standard mode (x kept) reads x and z in
+backward, so it moves 7 S against the same 5 S model.
+
+Writes ``<out>/kernels_<cpu|gpu>.json`` and ``.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cupy_abn.chainer  # noqa: E402,F401  (NumPy 2 step before Chainer is imported)
+from cupy_abn._environment import describe, gpu_available  # noqa: E402
+
+import _baselines  # noqa: E402
+from _timing import Clock, copy_bandwidth  # noqa: E402
+
+SHAPES = ((64, 112, 112), (256, 56, 56), (512, 28, 28), (2048, 7, 7))   # (C, H, W)
+PASSES = ("forward_train", "forward_eval", "backward")
+MODEL_BYTES = {"forward_train": 3, "forward_eval": 2, "backward": 5}    # times S
+IMPLS = ("cupy-abn inplace", "cupy-abn inplace_v1", "cupy-abn standard", "chainer",
+         "composition")
+SLOPE = 0.01
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--batch", type=int, help="N of every shape (gpu 32, cpu 2)")
+    p.add_argument("--dtypes", default="float32,float16")
+    p.add_argument("--shapes", help="C:H:W,... (default: the four ResNet shapes)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeat", type=int, help="timed calls per case (gpu 50, cpu 5)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def _prepare(impl: str, xp, x, dz):
+    if impl == "chainer":
+        return _baselines.prepare_chainer(xp, x, dz, SLOPE)
+    if impl == "composition":
+        return _baselines.prepare_composition(xp, x, dz, SLOPE)
+    return _baselines.prepare_cupy_abn(xp, x, dz, SLOPE, impl.split()[1])
+
+
+def run(xp, shapes, dtypes, clock: Clock, progress: bool) -> List[Dict[str, Any]]:
+    from tqdm.auto import tqdm
+    rows = []
+    cases = [(s, d) for s in shapes for d in dtypes]
+    bar = tqdm(total=len(cases) * len(IMPLS), disable=not progress, desc="kernels")
+    for shape, dtype in cases:
+        rs = np.random.RandomState(0)
+        x = xp.asarray((1.0 + 2.0 * rs.standard_normal(shape)).astype(dtype))
+        dz = xp.asarray(rs.standard_normal(shape).astype(dtype))
+        size = int(x.nbytes)
+        for impl in IMPLS:
+            bar.set_postfix_str(f"{'x'.join(map(str, shape))} {dtype} {impl}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # Chainer's float16 / cuDNN notices
+                fns = _prepare(impl, xp, x, dz)
+                for name in PASSES:
+                    sec = clock.seconds(fns[name])
+                    rows.append({"shape": list(shape), "dtype": dtype, "impl": impl,
+                                 "pass": name, "ms": 1e3 * sec,
+                                 "model_bytes": MODEL_BYTES[name] * size,
+                                 "gbps": MODEL_BYTES[name] * size / sec / 1e9})
+            del fns
+            bar.update()
+        del x, dz
+    bar.close()
+    return rows
+
+
+def _annotate(rows, copy_gbps):
+    """Fraction of the copy bandwidth, and speed-up over Chainer for the same case."""
+    chainer_ms = {(tuple(r["shape"]), r["dtype"], r["pass"]): r["ms"]
+                  for r in rows if r["impl"] == "chainer"}
+    for r in rows:
+        r["fraction_of_copy"] = r["gbps"] / copy_gbps
+        r["speedup_vs_chainer"] = chainer_ms[(tuple(r["shape"]), r["dtype"], r["pass"])] / r["ms"]
+
+
+def _table(rows, copy_gbps) -> str:
+    lines = [f"copy bandwidth {copy_gbps:.1f} GB/s",
+             f"{'shape':>18} {'dtype':>8} {'pass':>14} {'impl':>20} {'ms':>9} {'GB/s':>8} "
+             f"{'of copy':>8} {'vs chainer':>10}"]
+    for r in rows:
+        lines.append(f"{'x'.join(map(str, r['shape'])):>18} {r['dtype']:>8} {r['pass']:>14} "
+                     f"{r['impl']:>20} {r['ms']:9.3f} {r['gbps']:8.1f} "
+                     f"{r['fraction_of_copy']:8.1%} {r['speedup_vs_chainer']:9.2f}x")
+    return "\n".join(lines)
+
+
+def plot(result: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    cases = list(dict.fromkeys(("x".join(map(str, r["shape"])), r["dtype"]) for r in rows))
+    fig, axes = plt.subplots(len(PASSES), 1, figsize=(max(8, 1.6 * len(cases)), 9),
+                             sharex=True)
+    width = 0.8 / len(IMPLS)
+    for ax, name in zip(axes, PASSES):
+        for k, impl in enumerate(IMPLS):
+            got = {("x".join(map(str, r["shape"])), r["dtype"]): r["fraction_of_copy"]
+                   for r in rows if r["impl"] == impl and r["pass"] == name}
+            ax.bar(np.arange(len(cases)) + (k - len(IMPLS) / 2 + 0.5) * width,
+                   [100 * got.get(c, np.nan) for c in cases], width, label=impl)
+        ax.axhline(80, color="gray", ls="--", lw=0.8)
+        ax.set_ylabel("% of copy bandwidth")
+        ax.set_title(name, fontsize=10)
+    axes[-1].set_xticks(np.arange(len(cases)), [f"{s}\n{d}" for s, d in cases], fontsize=8)
+    axes[0].legend(ncol=len(IMPLS), fontsize=8, loc="upper left")
+    fig.suptitle(f"{result['device']}: bandwidth by the minimal traffic model "
+                 f"(copy = {result['copy_gbps']:.1f} GB/s; dashed: 80%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = _parse(argv)
+    gpu = {"auto": gpu_available(), "cpu": False, "gpu": True}[args.device]
+    if gpu and not gpu_available():
+        raise SystemExit("--device gpu: CuPy sees no CUDA device")
+    if gpu:
+        import cupy as xp
+    else:
+        xp = np
+    batch = args.batch or (32 if gpu else 2)
+    chw = ([tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
+           if args.shapes else SHAPES)
+    shapes = [(batch,) + s for s in chw]
+    clock = Clock(xp, args.warmup, args.repeat or (50 if gpu else 5))
+    copy_gbps = copy_bandwidth(clock, (1 << 30) if gpu else (256 << 20)) / 1e9
+    rows = run(xp, shapes, args.dtypes.split(","), clock, not args.no_progress)
+    _annotate(rows, copy_gbps)
+    env = describe(gpu)
+    if gpu:
+        import chainer
+        env["chainer_cudnn"] = bool(chainer.backends.cuda.cudnn_enabled)
+    result = {"device": env["device"], "environment": env, "copy_gbps": copy_gbps,
+              "traffic_model": {k: f"{v} S" for k, v in MODEL_BYTES.items()},
+              "warmup": args.warmup, "repeat": clock.repeat, "rows": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"kernels_{'gpu' if gpu else 'cpu'}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, stem.with_suffix(".png"))
+    print(_table(rows, copy_gbps))
+    print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

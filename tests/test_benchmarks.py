@@ -1,0 +1,69 @@
+"""The benchmarks run end to end on the CPU at toy sizes, and every implementation they time
+computes the same layer (a benchmark that compares different math compares nothing)."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cupy_abn.chainer")
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import _baselines  # noqa: E402
+import kernels  # noqa: E402
+
+SLOPE = 0.1
+
+
+def _outputs(impl, x, dz):
+    """Each pass once, on a fresh setup (the in-place forward overwrites its buffer)."""
+    out = []
+    for name in kernels.PASSES:
+        got = kernels._prepare(impl, np, x.copy(), dz)[name]()
+        out.append(np.array(getattr(got, "array", got)))
+    return out
+
+
+@pytest.mark.parametrize("impl", kernels.IMPLS)
+def test_every_implementation_computes_the_same_layer(impl, monkeypatch):
+    monkeypatch.setattr(kernels, "SLOPE", SLOPE)
+    rs = np.random.RandomState(0)
+    x = 1.0 + 2.0 * rs.standard_normal((3, 5, 4, 3))
+    dz = rs.standard_normal(x.shape)
+    want = [np.asarray(a) for a in _outputs("composition", x, dz)]
+    got = _outputs(impl, x, dz)
+    # float64 throughout; eval uses the initial running statistics
+    for name, w, g in zip(("forward_train", "forward_eval", "backward"), want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-9, err_msg=f"{impl} {name}")
+
+
+def test_kernel_benchmark_writes_rows_for_every_case(tmp_path):
+    result = kernels.main(["--device", "cpu", "--batch", "2", "--shapes", "4:3:3,6:2:2",
+                           "--dtypes", "float32,float16", "--repeat", "2", "--warmup", "1",
+                           "--out", str(tmp_path), "--no-progress"])
+    saved = json.loads((tmp_path / "kernels_cpu.json").read_text())
+    assert (tmp_path / "kernels_cpu.png").stat().st_size > 10_000
+    assert saved["copy_gbps"] == result["copy_gbps"] > 0
+    rows = saved["rows"]
+    assert len(rows) == 2 * 2 * len(kernels.IMPLS) * len(kernels.PASSES)
+    for r in rows:
+        size = int(np.prod(r["shape"])) * np.dtype(r["dtype"]).itemsize
+        assert r["ms"] > 0 and r["model_bytes"] == kernels.MODEL_BYTES[r["pass"]] * size
+        assert r["fraction_of_copy"] == pytest.approx(r["gbps"] / saved["copy_gbps"])
+        if r["impl"] == "chainer":
+            assert r["speedup_vs_chainer"] == 1.0
+
+
+def test_memory_benchmark_reports_kept_and_peak(tmp_path):
+    import memory
+    result = memory.main(["--device", "cpu", "--batches", "2,4", "--size", "8",
+                          "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "memory_cpu.json").read_text())
+    assert saved["norm_layers"] == 15
+    for kind, rows in saved["runs"].items():
+        assert [r["batch"] for r in rows] == [2, 4]
+        for r in rows:
+            assert r["peak_bytes"] >= r["kept_bytes"] > 0
+        assert rows[1]["kept_bytes"] > rows[0]["kept_bytes"]
+    assert result["kept_ratio"] < 0.75
