@@ -34,7 +34,8 @@ def _leaky_inverse(z, s):
 
 
 def _leaky_derivative(z, s):
-    return np.where(z >= 0, 1.0, s).astype(z.dtype, copy=False)
+    # Scalars of z's dtype: np.where on Python floats would build a float64 array first.
+    return np.where(z >= 0, z.dtype.type(1), z.dtype.type(s))
 
 
 def _elu_forward(y, a):

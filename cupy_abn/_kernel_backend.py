@@ -166,7 +166,13 @@ class KernelBackend:
                                          np.dtype(stats.dtype).type(param)))
 
     # ---- backward --------------------------------------------------------------------------
-    def grad_sums(self, z, dz, x, stats, activation, param, t):
+    @staticmethod
+    def backward_terms(z, dz, x, stats, activation, param, t):
+        """The kernels rebuild dy and t from z in registers: the terms are just the inputs."""
+        return z, dz, x, stats, activation, param, t
+
+    def grad_sums(self, terms):
+        z, dz, x, stats, activation, param, t = terms
         n, c, s = _ncs(z.shape)
         acc = np.dtype(stats.dtype)
         idx64, it = self._idx(z.size)
@@ -195,7 +201,8 @@ class KernelBackend:
                    dbeta, coef))
         return dgamma, dbeta, coef
 
-    def grad_input(self, z, dz, x, stats, coef, activation, param, t, dx):
+    def grad_input(self, terms, coef, dx):
+        z, dz, x, stats, activation, param, t = terms
         n, c, s = _ncs(z.shape)
         idx64, it = self._idx(z.size)
         grid, block = self._elementwise(z.size)

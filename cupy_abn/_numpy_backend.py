@@ -103,8 +103,12 @@ class NumpyBackend:
         _as_ncs(out)[...] = act.forward(y, stats.dtype.type(param))
 
     # ---- backward ------------------------------------------------------------------------
-    def _dy_and_t(self, z, dz, x, stats, activation, param, t):
-        """dy = dz * phi'(y) and the t of the mode, both from z (and x for plain ABN)."""
+    def backward_terms(self, z, dz, x, stats, activation, param, t):
+        """dy = dz * phi'(y) and the t of the mode, both from z (and x for plain ABN).
+
+        Computed once per backward and used by both :meth:`grad_sums` and :meth:`grad_input`
+        (the kernels recompute them in registers instead of keeping two arrays).
+        """
         act = ACTIVATIONS[activation]
         acc = stats.dtype
         p = acc.type(param)
@@ -120,10 +124,10 @@ class NumpyBackend:
             tt = act.inverse(z3, p)
         return dy, tt
 
-    def grad_sums(self, z, dz, x, stats, activation, param, t):
+    def grad_sums(self, terms):
         """Per-channel partial sums ``(sum dy, sum dy * t)``, each ``(C, 1)``."""
-        dy, tt = self._dy_and_t(z, dz, x, stats, activation, param, t)
-        acc = stats.dtype
+        dy, tt = terms
+        acc = dy.dtype
         return (dy.sum(axis=(0, 2), dtype=acc)[:, None],
                 (dy * tt).sum(axis=(0, 2), dtype=acc)[:, None])
 
@@ -153,8 +157,12 @@ class NumpyBackend:
         dgamma = dldg * _sign(gamma, acc) if abs_gamma else dldg
         return dgamma, sdy, coef
 
-    def grad_input(self, z, dz, x, stats, coef, activation, param, t, dx):
+    def grad_input(self, terms, coef, dx):
         """dx = (dy - t * A - B) * K, written into ``dx`` (which may be ``dz``)."""
-        dy, tt = self._dy_and_t(z, dz, x, stats, activation, param, t)
+        dy, tt = terms
         col = lambda row: coef[row][None, :, None]  # noqa: E731
-        _as_ncs(dx)[...] = (dy - tt * col(COEF_A) - col(COEF_B)) * col(COEF_K)
+        # dy is this backward's own temporary; tt may be a view of z (identity, mode II).
+        np.subtract(dy, tt * col(COEF_A), out=dy)
+        dy -= col(COEF_B)
+        dy *= col(COEF_K)
+        _as_ncs(dx)[...] = dy

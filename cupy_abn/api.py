@@ -135,9 +135,10 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
     be = backend_for(z, V.array_family(z))
     t = t_kind(saved.mode, saved.training)
     grad_output = be.ascontiguous(grad_output)
-    args = (saved.stats, saved.activation, saved.activation_param, t)
     if z.size:
-        sums = be.grad_sums(z, grad_output, saved.x, *args)
+        terms = be.backward_terms(z, grad_output, saved.x, saved.stats, saved.activation,
+                                  saved.activation_param, t)
+        sums = be.grad_sums(terms)
     else:
         sums = _empty_moments(be, z)[1:3]
     if combine_sums is not None:
@@ -147,6 +148,5 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
                                               abs_gamma=saved.mode != "standard")
     dx = be.empty_like(z) if out is None else out
     if z.size:
-        be.grad_input(z, grad_output, saved.x, saved.stats, coef, saved.activation,
-                      saved.activation_param, t, dx)
+        be.grad_input(terms, coef, dx)
     return dx, dgamma.astype(saved.param_dtype), dbeta.astype(saved.param_dtype)
