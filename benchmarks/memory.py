@@ -30,8 +30,7 @@ from cupy_abn.demo import network
 from cupy_abn.demo.training import Trainer
 
 
-def measure(kind: str, cfg: network.Config, batches, gpu: bool, progress) -> List[Dict]:
-    run = Trainer(kind, cfg, lr=0.01, gpu=gpu)
+def measure(run: Trainer, cfg: network.Config, batches, progress) -> List[Dict]:
     data = network.SyntheticData(cfg)
     run.step(*data.batch(0, batches[0], run.xp))          # optimizer state, lazy init
     rows = []
@@ -79,12 +78,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     batches = [int(b) for b in args.batches.split(",")]
     cfg = network.Config(size=args.size)
     bar = tqdm(total=len(batches) * len(network.KINDS), desc="memory")
-    runs = {kind: measure(kind, cfg, batches, gpu, bar) for kind in network.KINDS}
+    trainers = {kind: Trainer(kind, cfg, lr=0.01, gpu=gpu) for kind in network.KINDS}
+    runs = {kind: measure(run, cfg, batches, bar) for kind, run in trainers.items()}
     bar.close()
     std, inp = runs["standard"][-1], runs["inplace"][-1]
-    result = {"device": describe(gpu)["device"], "environment": describe(gpu),
-              "config": asdict(cfg), "norm_layers": network.norm_layers(network.build(
-                  "inplace", cfg)), "runs": runs,
+    env = describe(gpu)
+    result = {"device": env["device"], "environment": env, "config": asdict(cfg),
+              "norm_layers": network.norm_layers(trainers["inplace"].net), "runs": runs,
               "kept_ratio": inp["kept_bytes"] / std["kept_bytes"],
               "peak_ratio": inp["peak_bytes"] / std["peak_bytes"]}
     out = Path(args.out)

@@ -1,6 +1,7 @@
 """Where a demo or benchmark ran: the device and the versions that shape its numbers."""
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from typing import Any, Dict
@@ -44,6 +45,5 @@ def describe(gpu: bool) -> Dict[str, Any]:
                     cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(),
                     cuda_driver=cupy.cuda.runtime.driverGetVersion())
     else:
-        import os
         info.update(device=f"CPU: {_cpu_name()} ({os.cpu_count()} cores)")
     return info
