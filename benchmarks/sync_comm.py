@@ -111,6 +111,7 @@ def _step_link(link, counting, c, rng):
 
 def worker():
     warnings.simplefilter("ignore")
+    from cupy_abn.chainer.sync import InPlaceABNSync   # first: the NumPy 2 step
     import chainer
     import chainermn
     from mpi4py import MPI
@@ -118,10 +119,6 @@ def worker():
     counting = CountingMPI(comm.mpi_comm)
     comm.mpi_comm = counting
     rng = np.random.default_rng(comm.rank)
-    try:
-        from cupy_abn.chainer.sync import InPlaceABNSync
-    except ImportError:
-        InPlaceABNSync = None
     rows = []
     for c in WIDTHS:
         fwd, bwd = _step_abn_sync(comm, counting, c, rng)
@@ -129,12 +126,11 @@ def worker():
                          analytic=dict(forward_sent=32 + 12 * c,
                                        forward_received=RANKS * (32 + 12 * c),
                                        backward_sent=8 * c, backward_received=8 * c)))
-        if InPlaceABNSync is not None:
-            link = InPlaceABNSync(c, comm)
-            counting.take()
-            fwd, bwd = _step_link(link, counting, c, rng)
-            rows.append(dict(layer="cupy_abn.chainer.InPlaceABNSync", C=c, forward=fwd,
-                             backward=bwd, analytic=rows[-1]["analytic"]))
+        link = InPlaceABNSync(c, comm)
+        counting.take()
+        fwd, bwd = _step_link(link, counting, c, rng)
+        rows.append(dict(layer="cupy_abn.chainer.InPlaceABNSync", C=c, forward=fwd,
+                         backward=bwd, analytic=rows[-1]["analytic"]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mnbn = chainermn.links.MultiNodeBatchNormalization(c, comm)

@@ -67,3 +67,29 @@ def test_memory_benchmark_reports_kept_and_peak(tmp_path):
             assert r["peak_bytes"] >= r["kept_bytes"] > 0
         assert rows[1]["kept_bytes"] > rows[0]["kept_bytes"]
     assert result["kept_ratio"] < 0.75
+
+
+def test_gpu_clock_times_each_call_between_cuda_events():
+    """The CUDA-event branch of the clock, on a stand-in for cupy's event API (no GPU here):
+    warm-up calls untimed, one event pair per timed call, the median in seconds."""
+    import types
+    from _timing import Clock
+    log = []
+
+    class Event:
+        def record(self):
+            self.at = len(log)
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+    cuda = types.SimpleNamespace(
+        Event=Event, Device=lambda: types.SimpleNamespace(synchronize=lambda: log.append("dev")),
+        get_elapsed_time=lambda s, e: {3: 2.0, 6: 4.0, 9: 30.0}[s.at])  # ms per timed call
+    fake = types.SimpleNamespace(__name__="cupy", cuda=cuda)
+    clock = Clock(fake, warmup=2, repeat=3)
+    assert clock.gpu
+    got = clock.seconds(lambda: log.append("call"))
+    assert got == pytest.approx(4e-3)
+    assert log == ["call", "call", "dev"] + ["record", "call", "record"] * 3 + ["sync"]
