@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
+from cupy_abn._numpy_backend import accum_dtype
+
 EPS = 2e-5
 DECAY = 0.9
 
@@ -19,15 +21,11 @@ def _params(xp, x, acc):
             xp.zeros(c, acc), xp.ones(c, acc))
 
 
-def _acc(x):
-    return "float64" if x.dtype == "float64" else "float32"
-
-
 def prepare_chainer(xp, x, dz, slope: float) -> Dict[str, Callable[[], object]]:
     """``F.batch_normalization`` + ``F.leaky_relu`` (cuDNN when Chainer uses it)."""
     import chainer
     import chainer.functions as F
-    acc = _acc(x)
+    acc = accum_dtype(x.dtype)
     gamma, beta, mean, var = _params(xp, x, acc)
     gv, bv = chainer.Variable(gamma), chainer.Variable(beta)
     xv = chainer.Variable(x.copy())
@@ -58,7 +56,7 @@ def prepare_chainer(xp, x, dz, slope: float) -> Dict[str, Callable[[], object]]:
 def prepare_composition(xp, x, dz, slope: float) -> Dict[str, Callable[[], object]]:
     """The layer written as a user would with array operations: ``mean``, ``var``,
     broadcasting and ``where``, each a separate pass over memory."""
-    acc = _acc(x)
+    acc = accum_dtype(x.dtype)
     gamma, beta, run_mean, run_var = _params(xp, x, acc)
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, -1) + (1,) * (x.ndim - 2)
@@ -96,7 +94,7 @@ def prepare_composition(xp, x, dz, slope: float) -> Dict[str, Callable[[], objec
 def prepare_cupy_abn(xp, x, dz, slope: float, mode: str) -> Dict[str, Callable[[], object]]:
     """cupy-abn's array API in one mode; the in-place forward rewrites the same buffer."""
     import cupy_abn
-    acc = _acc(x)
+    acc = accum_dtype(x.dtype)
     gamma, beta, mean, var = _params(xp, x, acc)
     if mode != "standard":
         gamma -= EPS   # the in-place scale is |gamma| + eps: the same layer as the baselines

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cupy_abn.chainer  # noqa: E402,F401  (NumPy 2 step before Chainer is imported)
-from cupy_abn._environment import describe, gpu_available  # noqa: E402
+from cupy_abn._environment import describe, use_gpu  # noqa: E402
 
 import _baselines  # noqa: E402
 from _timing import Clock, copy_bandwidth  # noqa: E402
@@ -149,9 +149,7 @@ def plot(result: Dict[str, Any], path: Path) -> None:
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = _parse(argv)
-    gpu = {"auto": gpu_available(), "cpu": False, "gpu": True}[args.device]
-    if gpu and not gpu_available():
-        raise SystemExit("--device gpu: CuPy sees no CUDA device")
+    gpu = use_gpu(args.device)
     if gpu:
         import cupy as xp
     else:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import cupy_abn.chainer  # noqa: F401  (NumPy 2 step before Chainer is imported)
-from cupy_abn._environment import describe, gpu_available
+from cupy_abn._environment import describe, use_gpu
 from cupy_abn.demo import network
 from cupy_abn.demo.training import Trainer
 
@@ -74,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--size", type=int, default=16, help="image height and width")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
-    gpu = {"auto": gpu_available(), "cpu": False, "gpu": True}[args.device]
+    gpu = use_gpu(args.device)
     batches = [int(b) for b in args.batches.split(",")]
     cfg = network.Config(size=args.size)
     bar = tqdm(total=len(batches) * len(network.KINDS), desc="memory")

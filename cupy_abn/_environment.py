@@ -16,6 +16,24 @@ def gpu_available() -> bool:
         return False
 
 
+def use_gpu(choice: str) -> bool:
+    """Resolve a ``--device`` option: "auto" (a GPU when CuPy sees one), "cpu" or "gpu".
+
+    Raises
+    ------
+    SystemExit
+        "gpu" without a CUDA device.
+    """
+    if choice not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'gpu', got {choice!r}")
+    if choice == "cpu":
+        return False
+    found = gpu_available()
+    if choice == "gpu" and not found:
+        raise SystemExit("--device gpu: CuPy sees no CUDA device")
+    return found
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

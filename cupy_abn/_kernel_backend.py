@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _kernel_source as K
 from ._activations import ACTIVATIONS
+from ._numpy_backend import accum_dtype
 from ._state import N_COEF, N_ROWS, T_XHAT_FROM_X
 
 MAX_BLOCK = 256            # kernels/storage.h: shared memory is sized for this many threads
@@ -69,10 +70,6 @@ def _ncs(shape):
     return n, c, s
 
 
-def _acc(dtype) -> np.dtype:
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
-
 class KernelBackend:
     """The stages of ``cupy_abn.api`` as kernel launches on ``runtime``."""
 
@@ -117,7 +114,7 @@ class KernelBackend:
     def moments(self, x):
         x = self.rt.ascontiguous(x)
         n, c, s = _ncs(x.shape)
-        acc = _acc(x.dtype)
+        acc = accum_dtype(x.dtype)
         idx64, it = self._idx(x.size)
         p = self.plan(x.shape)
         count, mean, m2 = (self.rt.empty((c, p.parts), acc) for _ in range(3))

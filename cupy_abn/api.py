@@ -13,13 +13,10 @@ import numpy as np
 
 from . import _validation as V
 from ._dispatch import backend_for
+from ._numpy_backend import accum_dtype
 from ._state import SavedState, t_kind
 
 Array = Any  # numpy.ndarray, cupy.ndarray or a pyopencl array
-
-
-def _accum(dtype) -> np.dtype:
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
 def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Array] = None,
@@ -86,7 +83,7 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
                                  decay=decay, abs_gamma=abs_gamma)
     else:
         stats = be.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
-                                abs_gamma=abs_gamma, acc=_accum(x.dtype))
+                                abs_gamma=abs_gamma, acc=accum_dtype(x.dtype))
     if mode == "standard":
         x = be.ascontiguous(x)
         z = be.empty_like(x)
@@ -103,7 +100,7 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
 
 def _empty_moments(be, x):
     """Partials of an empty local batch: zero count, contributing nothing to the merge."""
-    acc = _accum(x.dtype)
+    acc = accum_dtype(x.dtype)
     c = x.shape[1]
     return (be.zeros((c, 1), acc), be.zeros((c, 1), acc), be.zeros((c, 1), acc),
             be.zeros((c,), acc))

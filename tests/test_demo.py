@@ -89,3 +89,14 @@ def test_demo_rejects_too_few_steps(capsys):
     with pytest.raises(SystemExit):
         demo.main(["--steps", "1"])
     assert "--steps" in capsys.readouterr().err
+
+
+def test_device_option_resolution():
+    from cupy_abn._environment import gpu_available, use_gpu
+    assert use_gpu("cpu") is False
+    assert use_gpu("auto") is gpu_available()
+    if not gpu_available():
+        with pytest.raises(SystemExit, match="--device gpu: CuPy sees no CUDA device"):
+            use_gpu("gpu")
+    with pytest.raises(ValueError, match="device: expected 'auto', 'cpu' or 'gpu', got 'tpu'"):
+        use_gpu("tpu")

@@ -20,10 +20,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .._environment import describe, gpu_available
+from .._environment import describe, use_gpu
 from . import memory, network
 from .training import Trainer
-from .plot import plot
+from .plot import moving_average, plot
 
 # Per device: (batch, image size, widths, memory budget in MiB).  On two CPU cores the
 # defaults take about two minutes (300 steps per network).
@@ -94,8 +94,7 @@ def _tracking(a: List[float], b: List[float]) -> Dict[str, float]:
     """How closely two loss curves follow each other."""
     a, b = np.asarray(a), np.asarray(b)
     diff = np.abs(a - b)
-    w = min(10, len(a))
-    smooth = np.abs(np.convolve(a - b, np.ones(w) / w, mode="valid"))
+    smooth = np.abs(moving_average(a - b))
     tail = slice(len(a) - max(1, len(a) // 5), None)
     return {"max_abs_diff": float(diff.max()), "first_10_max_abs_diff": float(diff[:10].max()),
             "mean_of_10_max_abs_diff": float(smooth.max()),
@@ -106,9 +105,7 @@ def _tracking(a: List[float], b: List[float]) -> Dict[str, float]:
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = _parse(argv)
-    gpu = {"auto": gpu_available(), "cpu": False, "gpu": True}[args.device]
-    if gpu and not gpu_available():
-        raise SystemExit("--device gpu: CuPy sees no CUDA device")
+    gpu = use_gpu(args.device)
     where = "gpu" if gpu else "cpu"
     batch, size, widths, budget_mib = DEFAULTS[where]
     batch = args.batch or batch

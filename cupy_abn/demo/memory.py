@@ -69,8 +69,8 @@ class _TracemallocCounter:
     def current(self) -> int:
         return tracemalloc.get_traced_memory()[0]
 
-    def peak(self) -> int:
-        return self._peak if not tracemalloc.is_tracing() else tracemalloc.get_traced_memory()[1]
+    def peak(self) -> int:   # after the with block
+        return self._peak
 
 
 def step_memory(forward: Callable[[], T], rest: Callable[[T], object],

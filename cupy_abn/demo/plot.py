@@ -7,11 +7,11 @@ from typing import Any, Dict
 import numpy as np
 
 
-def _smooth(values, width: int = 10):
+def moving_average(values, width: int = 10) -> np.ndarray:
+    """Means of ``width`` consecutive values (of all of them when there are fewer)."""
     v = np.asarray(values, float)
-    if len(v) < width:
-        return v
-    return np.convolve(v, np.ones(width) / width, mode="valid")
+    w = max(1, min(width, len(v)))
+    return np.convolve(v, np.ones(w) / w, mode="valid")
 
 
 def plot(result: Dict[str, Any], path: Path) -> None:
@@ -27,7 +27,7 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     for kind in kinds:
         loss = runs[kind]["loss"]
         ax_loss.plot(loss, color=colors[kind], alpha=0.25, lw=0.8)
-        sm = _smooth(loss)
+        sm = moving_average(loss)
         ax_loss.plot(np.arange(len(sm)) + (len(loss) - len(sm)), sm, color=colors[kind],
                      label=runs[kind]["label"])
     ax_loss.set_xlabel("step")
