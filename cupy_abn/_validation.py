@@ -2,11 +2,14 @@
 
 Each check is a declaration of what is expected; a failure names the argument, what it got and
 what is expected, so that a failed call leaves every input and running statistic untouched.
+
+The checks run on every call, so the happy path only compares: a message (f-strings,
+``str(np.dtype)``, reprs) is built by :func:`fail` when a check has already failed.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, NoReturn, Optional, Union
 
 import numpy as np
 
@@ -14,12 +17,46 @@ from ._activations import ACTIVATIONS
 from ._state import MODES
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_NUMBER = (int, float, np.floating)
+
+Text = Union[str, Any, Callable[[], Any]]
 
 
-def expect(ok: bool, arg: str, expected: str, got: Any, exc: type = ValueError) -> None:
-    """Raise ``exc`` naming ``arg`` unless ``ok``."""
+def fail(arg: str, expected: str, got: Any, exc: type = ValueError) -> NoReturn:
+    """Raise ``exc("<arg>: expected <expected>, got <got>")``.
+
+    Parameters
+    ----------
+    arg : str
+        The argument that failed its check.
+    expected : str
+        What the argument should have been.
+    got : object
+        What it was (formatted with ``str``).
+    exc : type
+        The exception class (``ValueError`` or ``TypeError``).
+    """
+    raise exc(f"{arg}: expected {expected}, got {got}")
+
+
+def expect(ok: bool, arg: str, expected: Text, got: Text, exc: type = ValueError) -> None:
+    """Raise ``exc`` naming ``arg`` unless ``ok``.
+
+    Parameters
+    ----------
+    ok : bool
+        The outcome of the check.
+    arg : str
+        The argument checked.
+    expected, got : str, object or callable
+        The two halves of the message.  A callable is called (with no argument) only when the
+        check fails, so that a message costly to format costs nothing on success.
+    exc : type
+        The exception class raised on failure.
+    """
     if not ok:
-        raise exc(f"{arg}: expected {expected}, got {got}")
+        fail(arg, expected() if callable(expected) else expected,
+             got() if callable(got) else got, exc)
 
 
 def array_family(a: Any) -> Optional[str]:
@@ -50,81 +87,112 @@ def _is_c_contiguous(a: Any) -> bool:
 
 
 def check_same_family(x: Any, arrays: dict) -> str:
-    """The family of ``x``; every other array must be of the same family and device."""
+    """The family of ``x``; every other array must be of the same family and device.
+
+    Parameters
+    ----------
+    x : array
+        The array whose library (and GPU) the others must share.
+    arrays : dict
+        Argument name -> array or None (None is skipped).
+
+    Returns
+    -------
+    str
+        ``"numpy"``, ``"cupy"`` or ``"opencl"``.
+    """
     fam = array_family(x)
-    expect(fam is not None, "x", "a numpy.ndarray, cupy.ndarray or pyopencl array",
-           type(x).__name__, TypeError)
+    if fam is None:
+        fail("x", "a numpy.ndarray, cupy.ndarray or pyopencl array", type(x).__name__,
+             TypeError)
+    dev = _device_id(x) if fam == "cupy" else None
     for name, a in arrays.items():
         if a is None:
             continue
-        other = array_family(a)
-        expect(other == fam, name, f"a {fam} array like x (arrays of different libraries "
-               "cannot be mixed)", f"{type(a).__module__}.{type(a).__name__}", TypeError)
-        if fam == "cupy":
-            expect(_device_id(a) == _device_id(x), name, f"an array on GPU {_device_id(x)} "
-                   "like x", f"an array on GPU {_device_id(a)}")
+        if array_family(a) != fam:
+            fail(name, f"a {fam} array like x (arrays of different libraries cannot be mixed)",
+                 f"{type(a).__module__}.{type(a).__name__}", TypeError)
+        if fam == "cupy" and _device_id(a) != dev:
+            fail(name, f"an array on GPU {dev} like x", f"an array on GPU {_device_id(a)}")
     return fam
 
 
 def check_x(x: Any) -> None:
-    expect(x.ndim >= 2, "x", "ndim >= 2 with channels on axis 1 (N, C, ...)",
-           f"ndim={x.ndim} with shape {tuple(x.shape)}")
-    expect(np.dtype(x.dtype) in FLOAT_DTYPES, "x", "dtype float16, float32 or float64",
-           f"dtype {np.dtype(x.dtype)}", TypeError)
+    """``x`` has channels on axis 1 and a floating dtype."""
+    if x.ndim < 2:
+        fail("x", "ndim >= 2 with channels on axis 1 (N, C, ...)",
+             f"ndim={x.ndim} with shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:   # == comparisons, as np.dtype() did
+        fail("x", "dtype float16, float32 or float64", f"dtype {np.dtype(x.dtype)}", TypeError)
+
+
+_PARAM_DTYPES = {np.dtype(np.float16): (np.dtype(np.float16), np.dtype(np.float32)),
+                 np.dtype(np.float32): (np.dtype(np.float32),),
+                 np.dtype(np.float64): (np.dtype(np.float64),)}
 
 
 def param_dtypes(x_dtype: np.dtype) -> tuple:
     """Dtypes the parameters may have for an input of ``x_dtype``."""
-    x_dtype = np.dtype(x_dtype)
-    if x_dtype == np.float16:
-        return (np.dtype(np.float16), np.dtype(np.float32))
-    return (x_dtype,)
+    allowed = _PARAM_DTYPES.get(x_dtype)
+    if allowed is None:
+        x_dtype = np.dtype(x_dtype)
+        allowed = _PARAM_DTYPES.get(x_dtype, (x_dtype,))
+    return allowed
 
 
 def check_param(name: str, p: Any, channels: int, dtype: np.dtype, ref_dtype=None) -> None:
+    """A per-channel vector: shape ``(channels,)``, a dtype allowed for ``x`` of ``dtype``
+    and, when ``ref_dtype`` is given, that very dtype (gamma's)."""
+    shape = p.shape
+    if len(shape) != 1 or shape[0] != channels:
+        fail(name, f"shape ({channels},) (one value per channel of x)",
+             f"shape {tuple(shape)}")
     allowed = param_dtypes(dtype)
-    expect(tuple(p.shape) == (channels,), name, f"shape ({channels},) (one value per channel "
-           "of x)", f"shape {tuple(p.shape)}")
-    expect(np.dtype(p.dtype) in allowed, name,
-           "dtype " + " or ".join(str(d) for d in allowed) + f" for x of dtype {dtype}",
-           f"dtype {np.dtype(p.dtype)}", TypeError)
-    if ref_dtype is not None:
-        expect(np.dtype(p.dtype) == np.dtype(ref_dtype), name,
-               f"the dtype of gamma ({np.dtype(ref_dtype)})", f"dtype {np.dtype(p.dtype)}",
-               TypeError)
+    pd = p.dtype
+    if pd not in allowed:
+        fail(name, "dtype " + " or ".join(str(d) for d in allowed) +
+             f" for x of dtype {np.dtype(dtype)}", f"dtype {np.dtype(pd)}", TypeError)
+    if ref_dtype is not None and pd != ref_dtype:
+        fail(name, f"the dtype of gamma ({np.dtype(ref_dtype)})", f"dtype {np.dtype(pd)}",
+             TypeError)
 
 
 def check_activation(activation: str, activation_param: float, mode: str) -> None:
-    expect(mode in MODES, "mode", "one of " + ", ".join(repr(m) for m in MODES), repr(mode))
-    expect(activation in ACTIVATIONS, "activation",
-           "one of " + ", ".join(repr(a) for a in ACTIVATIONS), repr(activation))
-    act = ACTIVATIONS[activation]
-    if mode != "standard":
-        expect(act.invertible, "activation",
-               f"an invertible activation in mode {mode!r} (use 'leaky_relu' instead of "
-               "'relu', or mode='standard')", repr(activation))
+    """A known mode and activation, invertible with a positive parameter in place."""
+    if mode not in MODES:
+        fail("mode", "one of " + ", ".join(repr(m) for m in MODES), repr(mode))
+    act = ACTIVATIONS.get(activation) if isinstance(activation, str) else None
+    if act is None:
+        fail("activation", "one of " + ", ".join(repr(a) for a in ACTIVATIONS),
+             repr(activation))
+    in_place = mode != "standard"
+    if in_place and not act.invertible:
+        fail("activation", f"an invertible activation in mode {mode!r} (use 'leaky_relu' "
+             "instead of 'relu', or mode='standard')", repr(activation))
     if act.param_name is not None:
-        ok = isinstance(activation_param, (int, float, np.floating)) and \
-            math.isfinite(activation_param)
-        expect(ok, "activation_param", f"a finite number ({act.param_name} of {activation})",
-               repr(activation_param), TypeError)
-        if mode != "standard":
-            expect(activation_param > 0, "activation_param",
-                   f"{act.param_name} > 0 for {activation} in mode {mode!r} (the activation "
-                   "must be invertible)", activation_param)
+        if not (isinstance(activation_param, _NUMBER) and math.isfinite(activation_param)):
+            fail("activation_param", f"a finite number ({act.param_name} of {activation})",
+                 repr(activation_param), TypeError)
+        if in_place and not activation_param > 0:
+            fail("activation_param", f"{act.param_name} > 0 for {activation} in mode "
+                 f"{mode!r} (the activation must be invertible)", activation_param)
 
 
 def check_scalars(eps: float, decay: float) -> None:
-    expect(isinstance(eps, (int, float, np.floating)) and math.isfinite(eps) and eps > 0,
-           "eps", "a finite number > 0", repr(eps))
-    expect(isinstance(decay, (int, float, np.floating)) and 0 <= decay <= 1,
-           "decay", "a number in [0, 1]", repr(decay))
+    """``eps`` finite and positive, ``decay`` in [0, 1]."""
+    if not (isinstance(eps, _NUMBER) and math.isfinite(eps) and eps > 0):
+        fail("eps", "a finite number > 0", repr(eps))
+    if not (isinstance(decay, _NUMBER) and 0 <= decay <= 1):
+        fail("decay", "a number in [0, 1]", repr(decay))
 
 
 def check_in_place_target(name: str, a: Any, why: str) -> None:
-    expect(_is_writeable(a), name, f"a writeable array ({why})", "a read-only array")
-    expect(_is_c_contiguous(a), name, f"a C-contiguous array ({why})",
-           f"a non-contiguous array with strides {tuple(a.strides)}")
+    """``a`` can be written in place: writeable and C-contiguous."""
+    if not _is_writeable(a):
+        fail(name, f"a writeable array ({why})", "a read-only array")
+    if not _is_c_contiguous(a):
+        fail(name, f"a C-contiguous array ({why})",
+             f"a non-contiguous array with strides {tuple(a.strides)}")
 
 
 def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, decay: float,
@@ -134,6 +202,16 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
 
     ``count`` overrides the per-channel element count checked in training (the global count
     of a synchronized layer, whose local batch may be empty).
+
+    Returns
+    -------
+    str
+        The array family of ``x`` (see :func:`array_family`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the first argument that fails its check.
     """
     fam = check_same_family(x, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
                                 "running_var": running_var})
@@ -141,42 +219,52 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
     check_activation(activation, activation_param, mode)
     check_scalars(eps, decay)
     channels = x.shape[1]
-    check_param("gamma", gamma, channels, x.dtype)
-    check_param("beta", beta, channels, x.dtype, gamma.dtype)
-    expect((running_mean is None) == (running_var is None), "running_mean/running_var",
-           "both arrays or both None", f"running_mean={type(running_mean).__name__}, "
-           f"running_var={type(running_var).__name__}", TypeError)
+    dtype = x.dtype
+    check_param("gamma", gamma, channels, dtype)
+    gd = gamma.dtype
+    check_param("beta", beta, channels, dtype, gd)
+    if (running_mean is None) != (running_var is None):
+        fail("running_mean/running_var", "both arrays or both None",
+             f"running_mean={type(running_mean).__name__}, "
+             f"running_var={type(running_var).__name__}", TypeError)
     if running_mean is not None:
         for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-            check_param(name, r, channels, x.dtype, gamma.dtype)
+            check_param(name, r, channels, dtype, gd)
             check_in_place_target(name, r, "running statistics are updated in place")
     if not training:
-        expect(running_mean is not None, "running_mean",
-               "an array in evaluation mode (training=False normalizes with the running "
-               "statistics)", "None", TypeError)
+        if running_mean is None:
+            fail("running_mean", "an array in evaluation mode (training=False normalizes "
+                 "with the running statistics)", "None", TypeError)
     else:
-        m = count if count is not None else int(np.prod(x.shape)) // channels
-        expect(m > 1, "x", "more than one element per channel in training (the variance "
-               "of a single value is undefined)", f"{m} element(s) per channel, shape "
-               f"{tuple(x.shape)}")
+        m = count if count is not None else math.prod(x.shape) // channels
+        if not m > 1:
+            fail("x", "more than one element per channel in training (the variance of a "
+                 "single value is undefined)", f"{m} element(s) per channel, shape "
+                 f"{tuple(x.shape)}")
     if mode != "standard":
         check_in_place_target("x", x, f"mode {mode!r} writes the output into x")
     return fam
 
 
 def check_backward(saved, grad_output, out=None) -> None:
-    """Check the arguments of :func:`cupy_abn.abn_backward`."""
+    """Check the arguments of :func:`cupy_abn.abn_backward`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the first argument that fails its check.
+    """
     z = saved.z
     check_same_family(z, {"grad_output": grad_output, "out": out})
-    expect(tuple(grad_output.shape) == tuple(z.shape), "grad_output",
-           f"shape {tuple(z.shape)} (the shape of the forward output)",
-           f"shape {tuple(grad_output.shape)}")
-    expect(np.dtype(grad_output.dtype) == np.dtype(z.dtype), "grad_output",
-           f"dtype {np.dtype(z.dtype)} (the dtype of the forward output)",
-           f"dtype {np.dtype(grad_output.dtype)}", TypeError)
+    shape, dtype = tuple(z.shape), z.dtype
+    if tuple(grad_output.shape) != shape:
+        fail("grad_output", f"shape {shape} (the shape of the forward output)",
+             f"shape {tuple(grad_output.shape)}")
+    if grad_output.dtype != dtype:
+        fail("grad_output", f"dtype {np.dtype(dtype)} (the dtype of the forward output)",
+             f"dtype {np.dtype(grad_output.dtype)}", TypeError)
     if out is not None:
-        expect(tuple(out.shape) == tuple(z.shape) and
-               np.dtype(out.dtype) == np.dtype(z.dtype), "out",
-               f"shape {tuple(z.shape)} and dtype {np.dtype(z.dtype)}",
-               f"shape {tuple(out.shape)} and dtype {np.dtype(out.dtype)}")
+        if tuple(out.shape) != shape or out.dtype != dtype:
+            fail("out", f"shape {shape} and dtype {np.dtype(dtype)}",
+                 f"shape {tuple(out.shape)} and dtype {np.dtype(out.dtype)}")
         check_in_place_target("out", out, "the input gradient is written into it")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from . import _validation as V
-from ._dispatch import backend_for
+from ._dispatch import backend_for, device_scope
 from ._numpy_backend import accum_dtype
 from ._state import SavedState, t_kind
 
@@ -72,11 +72,21 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
                           decay=decay, eps=eps, activation=activation,
                           activation_param=activation_param, mode=mode, count=global_count)
     be = backend_for(x, fam)
+    with device_scope(x, fam):   # once per call: the runtime's calls assume this device
+        z, saved = _forward(be, x, gamma, beta, running_mean, running_var, training, decay,
+                            eps, activation, float(activation_param), mode, combine_moments,
+                            global_count)
+    return z, saved
+
+
+def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps, activation,
+             activation_param, mode, combine_moments, global_count):
+    """The stages of :func:`abn_forward` on checked arguments."""
     abs_gamma = mode != "standard"
-    channels = x.shape[1]
-    m = global_count if global_count is not None else int(np.prod(x.shape)) // channels
+    size = x.size
+    m = global_count if global_count is not None else size // x.shape[1]
     if training:
-        partials = be.moments(x) if x.size else _empty_moments(be, x)
+        partials = be.moments(x) if size else _empty_moments(be, x)
         if combine_moments is not None:
             partials = combine_moments(*partials)
         stats = be.channel_train(*partials, gamma, beta, running_mean, running_var, eps=eps,
@@ -89,12 +99,12 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         z = be.empty_like(x)
     else:
         z = x
-    if x.size:
-        be.normalize_activate(x, z, stats, activation, float(activation_param))
-    saved = SavedState(mode=mode, activation=activation,
-                       activation_param=float(activation_param), training=training,
-                       eps=float(eps), m=float(m), z=z, x=x if mode == "standard" else None,
-                       stats=stats, gamma=gamma, param_dtype=np.dtype(gamma.dtype))
+    if size:
+        be.normalize_activate(x, z, stats, activation, activation_param)
+    saved = SavedState(mode=mode, activation=activation, activation_param=activation_param,
+                       training=training, eps=float(eps), m=float(m), z=z,
+                       x=x if mode == "standard" else None, stats=stats, gamma=gamma,
+                       param_dtype=np.dtype(gamma.dtype))
     return z, saved
 
 
@@ -129,10 +139,21 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
     """
     V.check_backward(saved, grad_output, out)
     z = saved.z
-    be = backend_for(z, V.array_family(z))
+    fam = V.array_family(z)
+    be = backend_for(z, fam)
+    with device_scope(z, fam):   # once per call: the runtime's calls assume this device
+        dx, dgamma, dbeta = _backward(be, saved, z, grad_output, out, combine_sums)
+    # The backends return dgamma/dbeta in gamma's dtype already: no copy then.
+    dtype = saved.param_dtype
+    return dx, _as_dtype(dgamma, dtype), _as_dtype(dbeta, dtype)
+
+
+def _backward(be, saved, z, grad_output, out, combine_sums):
+    """The stages of :func:`abn_backward` on checked arguments."""
     t = t_kind(saved.mode, saved.training)
     grad_output = be.ascontiguous(grad_output)
-    if z.size:
+    size = z.size
+    if size:
         terms = be.backward_terms(z, grad_output, saved.x, saved.stats, saved.activation,
                                   saved.activation_param, t)
         sums = be.grad_sums(terms)
@@ -144,6 +165,12 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
                                               training=saved.training,
                                               abs_gamma=saved.mode != "standard")
     dx = be.empty_like(z) if out is None else out
-    if z.size:
+    if size:
         be.grad_input(terms, coef, dx)
-    return dx, dgamma.astype(saved.param_dtype), dbeta.astype(saved.param_dtype)
+    return dx, dgamma, dbeta
+
+
+def _as_dtype(a: Array, dtype) -> Array:
+    """``a`` itself when it has ``dtype``, else a cast copy (numpy, cupy and pyopencl alike:
+    pyopencl's ``astype`` has no ``copy=False``)."""
+    return a if a.dtype == dtype else a.astype(dtype)
