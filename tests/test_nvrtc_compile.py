@@ -1,49 +1,130 @@
-"""Every kernel variant compiles with NVRTC for sm_70, sm_80 and sm_90, without a GPU.
+"""Every kernel variant compiles with NVRTC 12 and NVRTC 13 as CuPy compiles it at run time,
+without a GPU: a cubin for sm_80 and sm_90 and PTX for the newest architecture each NVRTC
+knows (``cupy_abn._nvrtc``: CuPy's ``-ftz=true``, ``-arch`` and
+``--device-as-default-execution-space`` after the runtime's options).
 
-Variants: x dtype (float16/32/64, with float16 or float32 parameters for float16 x) x
-activation x backward t kind x 32/64-bit indexing, each kernel family with the defines it
-reads (cupy_abn._kernel_source.all_variants).  Needs cupy (its NVRTC binding) and NVRTC
-(pip: nvidia-cuda-nvrtc-cu12); skipped cleanly otherwise."""
+The variants come from ``cupy_abn._kernel_source.all_variants()``; what they must cover is
+derived from ``FILES`` (the defines each family reads), never from a fixed count.  Needs the
+NVRTC wheels (``pip install .[nvrtc]``); skipped cleanly, naming CUDA, where one is missing.
+"""
 import re
+from collections import defaultdict
 
+import numpy as np
 import pytest
 
 from cupy_abn import _kernel_source as K
 from cupy_abn import _nvrtc
 
-WHY = ""
-try:
-    NVRTC = _nvrtc.load()
-except Exception as err:   # ImportError, OSError, or a cupy error without libnvrtc
-    NVRTC, WHY = None, f"NVRTC not available: {err}"
-
-pytestmark = pytest.mark.skipif(NVRTC is None, reason=WHY)
-
+FOUND = _nvrtc.available()
 VARIANTS = list(K.all_variants())
-CASES = [(arch, fam) for arch in _nvrtc.ARCHS for fam in K.FILES]
+
+# The define each aspect of KernelFile.uses sets, and the values the library must cover.
+ASPECT_DEFINE = {"store": "STORE_BITS", "param": "PARAM_BITS", "act": "ACT", "t": "T_KIND",
+                 "idx": "IDX64"}
 
 
-def test_variant_count_covers_the_product():
-    by_family = {f: sum(1 for g, _ in VARIANTS if g == f) for f in K.FILES}
-    # 3 storage dtypes x 4 activations x 3 t kinds x 2 index widths for the elementwise ones.
-    assert by_family["grad_input"] == by_family["grad_sums"] == 3 * 4 * 3 * 2
-    assert by_family["normalize_activate"] == 3 * 4 * 2
-    assert by_family["channel_moments"] == 3 * 2
-    assert by_family["channel_train"] == 3            # float16, float32, float64 parameters
-    assert by_family["channel_backward"] == 3 * 3     # parameters x t kinds
+def _covered_values():
+    from cupy_abn._activations import ACTIVATIONS
+    from cupy_abn._state import T_XHAT_FROM_X, T_XHAT_FROM_Y, T_Y
+    store = {str(K.BITS[np.dtype(x)]) for x, _ in K.DTYPE_PAIRS}
+    param = {str(K.BITS[np.dtype(p)]) for _, p in K.DTYPE_PAIRS}
+    return {"STORE_BITS": store, "PARAM_BITS": param,
+            "ACT": {str(a.code) for a in ACTIVATIONS.values()},
+            "T_KIND": {str(t) for t in (T_XHAT_FROM_X, T_XHAT_FROM_Y, T_Y)},
+            "IDX64": {"0", "1"}}
 
 
-@pytest.mark.parametrize("arch,family", CASES, ids=[f"{a}-{f}" for a, f in CASES])
-def test_every_variant_compiles(arch, family):
+def _parse(defines):
+    out = {}
+    for d in defines:
+        name, _, value = d[2:].partition("=")
+        out[name] = value
+    return out
+
+
+def test_variants_cover_what_each_family_reads():
+    assert len(set(VARIANTS)) == len(VARIANTS), "a variant is listed twice"
+    want = _covered_values()
+    by_family = defaultdict(list)
     for fam, defines in VARIANTS:
+        by_family[fam].append(_parse(defines))
+    assert set(by_family) == set(K.FILES)
+    for fam, kf in K.FILES.items():
+        names = {frozenset(d) for d in by_family[fam]}
+        assert len(names) == 1, f"{fam}: variants set different defines {names}"
+        for aspect in kf.uses:
+            define = ASPECT_DEFINE.get(aspect)
+            if define is None:
+                continue   # a new aspect: covered by the compile tests below
+            seen = {d[define] for d in by_family[fam]}
+            assert want[define] <= seen, f"{fam}: {define} misses {want[define] - seen}"
+
+
+def _cases():
+    out = []
+    for major in _nvrtc.MAJORS:
+        nv = FOUND.get(major)
+        targets = nv.targets() if nv else [_nvrtc.Target(a, "cubin") for a in
+                                            _nvrtc.CUBIN_ARCHS] + [_nvrtc.Target(0, "ptx")]
+        for target in targets:
+            tname = target.name if target.kind == "cubin" else "newest-ptx"
+            for fam in K.FILES:
+                out.append(pytest.param(major, target, fam, id=f"nvrtc{major}-{tname}-{fam}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """All compiles of every found NVRTC, once, in a process pool: {(major, target): {...}}."""
+    jobs = [(major, fam, d, t) for major, nv in FOUND.items() for t in nv.targets()
+            for fam, d in VARIANTS]
+    out = defaultdict(dict)
+    for job, res in zip(jobs, _nvrtc.compile_many(jobs)):
+        out[(job[0], job[3])][(job[1], job[2])] = res
+    return out
+
+
+def test_cupy_options_order():
+    """The option list is CuPy 14's: user options, -ftz=true, -arch, default device space."""
+    assert _nvrtc.cupy_options(_nvrtc.runtime_options(("-DX=1",)), "-arch=sm_90") == (
+        "--std=c++11", "-DX=1", "-ftz=true", "-arch=sm_90",
+        "--device-as-default-execution-space")
+    assert _nvrtc.cupy_arch_option(90, (12, 4)) == ("-arch=sm_90", "cubin")
+    assert _nvrtc.cupy_arch_option(100, (12, 4)) == ("-arch=compute_100", "ptx")
+    assert _nvrtc.cupy_arch_option(120, (12, 8)) == ("-arch=sm_120", "cubin")
+    assert _nvrtc.cupy_arch_option(121, (13, 0)) == ("-arch=sm_121", "cubin")
+
+
+@pytest.mark.parametrize("major,target,family", _cases())
+def test_every_variant_compiles(compiled, major, target, family):
+    nv = FOUND.get(major)
+    if nv is None:
+        pytest.skip(f"CUDA {major} NVRTC not found (pip install .[nvrtc])")
+    if target.kind == "ptx":
+        target = nv.targets()[-1]
+    results = compiled[(major, target)]
+    checked = 0
+    for (fam, defines), res in results.items():
         if fam != family:
             continue
-        ptx = _nvrtc.compile_variant(NVRTC, fam, defines, arch)
+        checked += 1
+        assert "-ftz=true" in res.options and target.option in res.options
+        if target.kind == "cubin":
+            assert res.data[:4] == b"\x7fELF", "a cubin is an ELF file"
+            for entry in K.FILES[fam].entries:
+                assert b".text." + entry.encode() + b"\0" in res.data, \
+                    f"{entry} missing: {defines}"
+            continue
+        ptx = res.ptx
+        assert f".target sm_{target.arch}" in ptx
         for entry in K.FILES[fam].entries:
             assert re.search(rf"\.entry\s+{entry}\b", ptx), f"{entry} missing: {defines}"
-        if "-DACC_BITS=32" in defines:
+        d = _parse(defines)
+        if d.get("ACC_BITS") == "32":
             assert ".f64" not in ptx, f"float32 variant computes in double: {defines}"
-        if "-DSTORE_BITS=16" in defines or "-DPARAM_BITS=16" in defines:
+        if d.get("STORE_BITS") == "16" or d.get("PARAM_BITS") == "16":
             assert "cvt.f32.f16" in ptx, f"float16 loads without cvt: {defines}"
-        if "-DIDX64=1" in defines:
+        if d.get("IDX64") == "1":
             assert ".u64" in ptx
+    assert checked, f"no variant of {family}"
