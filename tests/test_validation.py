@@ -120,3 +120,72 @@ def test_bad_grad_output():
         cupy_abn.abn_backward(saved, np.ones((4, 3, 5), np.float64))
     with pytest.raises(ValueError, match="out: expected shape"):
         cupy_abn.abn_backward(saved, np.ones((4, 3, 5), np.float32), out=np.ones(3))
+
+
+# ---- the happy path builds no message ---------------------------------------------------------
+class _CountingFloat(float):
+    """A float that counts how often it is formatted (repr, str or an f-string)."""
+    formatted = 0
+
+    def __repr__(self):
+        type(self).formatted += 1
+        return float.__repr__(self)
+
+    __str__ = __repr__
+
+    def __format__(self, spec):
+        type(self).formatted += 1
+        return float.__format__(self, spec)
+
+
+_GOOD_CALLS = [
+    dict(),
+    dict(training=False),
+    dict(mode="standard", activation="relu"),
+    dict(mode="inplace_v1", activation="elu", activation_param=1.0),
+    dict(no_running=True),
+    dict(dtype=np.float16),
+    dict(dtype=np.float16, param_dtype=np.float16),
+    dict(dtype=np.float64, count=10),
+]
+
+
+@pytest.mark.parametrize("call", _GOOD_CALLS, ids=lambda c: ",".join(f"{k}={v}" for k, v in
+                                                                     c.items()) or "default")
+def test_checks_that_pass_format_no_message(call, monkeypatch):
+    """Neither ``fail`` nor ``expect`` (which took pre-formatted text) runs on valid input, and
+    no scalar argument is formatted: messages are built only when a check fails."""
+    from cupy_abn import _validation as V
+
+    def must_not_run(*args, **kw):
+        raise AssertionError(f"message built on the happy path: {args}")
+
+    monkeypatch.setattr(V, "fail", must_not_run)
+    monkeypatch.setattr(V, "expect", must_not_run)
+    call = dict(call)
+    dtype = call.pop("dtype", np.float32)
+    param_dtype = call.pop("param_dtype", None)
+    no_running = call.pop("no_running", False)
+    x, gamma, beta, rm, rv, dz = make_inputs((4, 3, 5), dtype, "happy",
+                                             param_dtype=param_dtype)
+    if no_running:
+        rm = rv = None
+    _CountingFloat.formatted = 0
+    kw = dict(training=True, decay=_CountingFloat(0.9), eps=_CountingFloat(1e-5),
+              activation="leaky_relu", activation_param=_CountingFloat(0.01), mode="inplace")
+    kw.update({k: (_CountingFloat(v) if isinstance(v, float) else v) for k, v in call.items()})
+    assert V.check_forward(x, gamma, beta, rm, rv, **kw) == "numpy"
+    z, saved = cupy_abn.abn_forward(x, gamma, beta, rm, rv,
+                                    **{k: v for k, v in kw.items() if k != "count"})
+    V.check_backward(saved, dz.astype(z.dtype), out=np.empty_like(z))
+    cupy_abn.abn_backward(saved, dz.astype(z.dtype))
+    assert _CountingFloat.formatted == 0
+
+
+def test_expect_formats_lazily():
+    from cupy_abn import _validation as V
+    V.expect(True, "x", lambda: 1 / 0, lambda: 1 / 0)    # never called when the check passes
+    with pytest.raises(TypeError, match=r"^x: expected a thing, got 3$"):
+        V.expect(False, "x", lambda: "a thing", lambda: 3, TypeError)
+    with pytest.raises(ValueError, match=r"^y: expected ndim 2, got ndim 1$"):
+        V.expect(False, "y", "ndim 2", "ndim 1")
