@@ -1,12 +1,17 @@
-"""What cupy-abn is compared with: Chainer's BatchNormalization + leaky_relu, and the same
-layer composed of plain array operations (CuPy on a GPU, NumPy on the CPU).
+"""What cupy-abn is compared with: Chainer's BatchNormalization + leaky_relu, the same
+layer composed of plain array operations (CuPy on a GPU, NumPy on the CPU), and, where they
+are installed, PyTorch's ``batch_norm`` + in-place ``leaky_relu`` and Mapillary's
+``inplace_abn`` extension (the original In-Place ABN, for PyTorch).
 
 Each ``prepare_*`` returns ``{pass: callable}`` for the passes "forward_train",
 "forward_eval" and "backward" on one input; the callables repeat the same work each call.
+The PyTorch-based baselines share the arrays' memory (DLPack on a GPU, ``from_numpy`` on
+the CPU) and raise :class:`Unavailable` with the reason when they cannot run; PyTorch is
+never a dependency of cupy-abn.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 from cupy_abn._numpy_backend import accum_dtype
 
@@ -112,5 +117,101 @@ def prepare_cupy_abn(xp, x, dz, slope: float, mode: str) -> Dict[str, Callable[[
 
     def backward():
         return cupy_abn.abn_backward(saved, dz, out=dx)[0]
+
+    return {"forward_train": forward_train, "forward_eval": forward_eval, "backward": backward}
+
+
+class Unavailable(RuntimeError):
+    """A baseline that cannot run in this environment; the message is the reason recorded."""
+
+
+def _torch(xp):
+    """PyTorch, checked for a CUDA device when the arrays are CuPy's."""
+    try:
+        import torch
+    except ImportError as e:
+        raise Unavailable(f"PyTorch is not installed ({e})") from None
+    if xp.__name__ == "cupy" and not torch.cuda.is_available():
+        raise Unavailable(f"PyTorch {torch.__version__} sees no CUDA device")
+    return torch
+
+
+def _tensor(torch, xp, a):
+    """A tensor over the same memory as ``a`` (no copy, so the timed work is the same)."""
+    if xp.__name__ == "cupy":
+        return torch.from_dlpack(a)
+    return torch.from_numpy(a)
+
+
+def _torch_params(torch, xp, x) -> Tuple[Any, Any, Any, Any]:
+    """gamma, beta, running mean and variance as tensors, the values the others use."""
+    return tuple(_tensor(torch, xp, a) for a in _params(xp, x, accum_dtype(x.dtype)))
+
+
+def prepare_pytorch(xp, x, dz, slope: float) -> Dict[str, Callable[[], object]]:
+    """``F.batch_norm`` + ``F.leaky_relu(inplace=True)`` (cuDNN on a GPU where PyTorch uses
+    it), backward through autograd with the graph kept (``retain_graph``)."""
+    torch = _torch(xp)
+    F = torch.nn.functional
+    gamma, beta, mean, var = _torch_params(torch, xp, x)
+    xt, dzt = _tensor(torch, xp, x), _tensor(torch, xp, dz)
+    momentum = 1 - DECAY    # PyTorch's momentum weighs the new batch statistic
+
+    def layer(inp, training, w, b, rm, rv):
+        y = F.batch_norm(inp, rm, rv, w, b, training=training, momentum=momentum, eps=EPS)
+        return F.leaky_relu(y, slope, inplace=True)
+
+    def forward_train():
+        with torch.no_grad():
+            return layer(xt, True, gamma, beta, mean, var)
+
+    def forward_eval():
+        with torch.no_grad():
+            return layer(xt, False, gamma, beta, mean, var)
+
+    leaf = xt.detach().clone().requires_grad_(True)
+    gl, bl = gamma.clone().requires_grad_(True), beta.clone().requires_grad_(True)
+    z = layer(leaf, True, gl, bl, None, None)
+
+    def backward():
+        return torch.autograd.grad(z, (leaf, gl, bl), dzt, retain_graph=True)[0]
+
+    return {"forward_train": forward_train, "forward_eval": forward_eval, "backward": backward}
+
+
+def prepare_inplace_abn(xp, x, dz, slope: float) -> Dict[str, Callable[[], object]]:
+    """Mapillary's ``inplace_abn`` (its CUDA extension on a GPU, its C++ one on the CPU).
+
+    Its scale is ``|weight| + eps`` like cupy-abn's in-place modes, so ``weight`` is gamma
+    - eps.  The forward rewrites its buffer, as cupy-abn's does.  The backward runs through
+    autograd on a graph kept with ``retain_graph``: the leaf is cloned before the in-place
+    call (an in-place op on a leaf that needs its gradient is refused), a clone whose
+    backward passes the gradient through without a kernel.
+    """
+    torch = _torch(xp)
+    try:
+        from inplace_abn import inplace_abn
+    except ImportError as e:
+        raise Unavailable(f"inplace_abn is not installed ({e})") from None
+    gamma, beta, mean, var = _torch_params(torch, xp, x)
+    weight = gamma - EPS
+    buf = _tensor(torch, xp, x).clone()
+    dzt = _tensor(torch, xp, dz)
+    kw = dict(momentum=1 - DECAY, eps=EPS, activation="leaky_relu", activation_param=slope)
+
+    def forward_train():
+        with torch.no_grad():
+            return inplace_abn(buf, weight, beta, mean, var, training=True, **kw)
+
+    def forward_eval():
+        with torch.no_grad():
+            return inplace_abn(buf, weight, beta, mean, var, training=False, **kw)
+
+    leaf = _tensor(torch, xp, x).clone().requires_grad_(True)
+    wl, bl = weight.clone().requires_grad_(True), beta.clone().requires_grad_(True)
+    z = inplace_abn(leaf.clone(), wl, bl, None, None, training=True, **kw)
+
+    def backward():
+        return torch.autograd.grad(z, (leaf, wl, bl), dzt, retain_graph=True)[0]
 
     return {"forward_train": forward_train, "forward_eval": forward_eval, "backward": backward}

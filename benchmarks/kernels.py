@@ -1,8 +1,14 @@
-"""Speed of cupy-abn's layer next to Chainer's BatchNormalization + leaky_relu and a plain
-array composition, on ResNet shapes.
+"""Speed of cupy-abn's layer next to Chainer's BatchNormalization + leaky_relu, a plain
+array composition, PyTorch's batch_norm + leaky_relu and Mapillary's inplace_abn, on ResNet
+shapes.
 
     python benchmarks/kernels.py                  # GPU when CuPy sees one, else CPU
     python benchmarks/kernels.py --device cpu --batch 2
+    python benchmarks/kernels.py --baselines all  # PyTorch and inplace_abn on the CPU too
+
+The PyTorch-based baselines (``OPTIONAL``) run by default on a GPU only; one that cannot run
+(not installed, no CUDA device, a dtype it refuses) is listed under "skipped" in the JSON
+with its reason, and the run goes on.
 
 On a GPU cupy-abn runs its CUDA kernels and each call is timed with CUDA events; on the CPU
 it runs the NumPy backend and is timed with perf_counter (the same suite, Chainer's CPU path
@@ -29,7 +35,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -45,6 +51,8 @@ PASSES = ("forward_train", "forward_eval", "backward")
 MODEL_BYTES = {"forward_train": 3, "forward_eval": 2, "backward": 5}    # times S
 IMPLS = ("cupy-abn inplace", "cupy-abn inplace_v1", "cupy-abn standard", "chainer",
          "composition")
+OPTIONAL = ("pytorch", "inplace_abn")     # PyTorch-based: timed where they are installed
+BASELINES = ("chainer", "composition") + OPTIONAL
 SLOPE = 0.01
 
 
@@ -58,6 +66,8 @@ def _parse(argv):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeat", type=int, help="timed calls per case (gpu 50, cpu 5)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--baselines", choices=("auto", "all", "none"), default="auto",
+                   help="PyTorch-based baselines: auto = on a GPU only")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -67,31 +77,59 @@ def _prepare(impl: str, xp, x, dz):
         return _baselines.prepare_chainer(xp, x, dz, SLOPE)
     if impl == "composition":
         return _baselines.prepare_composition(xp, x, dz, SLOPE)
+    if impl == "pytorch":
+        return _baselines.prepare_pytorch(xp, x, dz, SLOPE)
+    if impl == "inplace_abn":
+        return _baselines.prepare_inplace_abn(xp, x, dz, SLOPE)
     return _baselines.prepare_cupy_abn(xp, x, dz, SLOPE, impl.split()[1])
 
 
-def run(xp, shapes, dtypes, clock: Clock, progress: bool) -> List[Dict[str, Any]]:
+def impls_for(choice: str, gpu: bool) -> Tuple[str, ...]:
+    """The implementations timed for a ``--baselines`` choice."""
+    with_optional = choice == "all" or (choice == "auto" and gpu)
+    return IMPLS + (OPTIONAL if with_optional else ())
+
+
+def _time_case(impl, xp, x, dz, clock, skipped, case) -> List[Tuple[str, float]]:
+    """``[(pass, seconds)]`` of one implementation on one input.  An optional baseline that
+    cannot run is recorded in ``skipped`` (the run goes on); the others must run."""
+    try:
+        fns = _prepare(impl, xp, x, dz)
+        return [(name, clock.seconds(fns[name])) for name in PASSES]
+    except Exception as e:
+        if impl not in OPTIONAL:
+            raise
+        reason = str(e) if isinstance(e, _baselines.Unavailable) else f"{type(e).__name__}: {e}"
+        skipped.append(dict(case, impl=impl, reason=reason.strip().splitlines()[0][:300]))
+        return []
+
+
+def run(xp, shapes, dtypes, clock: Clock, progress: bool,
+        impls: Sequence[str] = IMPLS,
+        skipped: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """Time every implementation in ``impls`` on every (shape, dtype); rows of results.
+    Optional baselines that could not run are appended to ``skipped``."""
     from tqdm.auto import tqdm
+    skipped = [] if skipped is None else skipped
     rows = []
     cases = [(s, d) for s in shapes for d in dtypes]
-    bar = tqdm(total=len(cases) * len(IMPLS), disable=not progress, desc="kernels")
+    bar = tqdm(total=len(cases) * len(impls), disable=not progress, desc="kernels")
     for shape, dtype in cases:
         rs = np.random.RandomState(0)
         x = xp.asarray((1.0 + 2.0 * rs.standard_normal(shape)).astype(dtype))
         dz = xp.asarray(rs.standard_normal(shape).astype(dtype))
         size = int(x.nbytes)
-        for impl in IMPLS:
+        for impl in impls:
             bar.set_postfix_str(f"{'x'.join(map(str, shape))} {dtype} {impl}")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")   # Chainer's float16 / cuDNN notices
-                fns = _prepare(impl, xp, x, dz)
-                for name in PASSES:
-                    sec = clock.seconds(fns[name])
-                    rows.append({"shape": list(shape), "dtype": dtype, "impl": impl,
-                                 "pass": name, "ms": 1e3 * sec,
-                                 "model_bytes": MODEL_BYTES[name] * size,
-                                 "gbps": MODEL_BYTES[name] * size / sec / 1e9})
-            del fns
+                timed = _time_case(impl, xp, x, dz, clock, skipped,
+                                   {"shape": list(shape), "dtype": dtype})
+            for name, sec in timed:
+                rows.append({"shape": list(shape), "dtype": dtype, "impl": impl,
+                             "pass": name, "ms": 1e3 * sec,
+                             "model_bytes": MODEL_BYTES[name] * size,
+                             "gbps": MODEL_BYTES[name] * size / sec / 1e9})
             bar.update()
         del x, dz
     bar.close()
@@ -99,12 +137,16 @@ def run(xp, shapes, dtypes, clock: Clock, progress: bool) -> List[Dict[str, Any]
 
 
 def _annotate(rows, copy_gbps):
-    """Fraction of the copy bandwidth, and speed-up over Chainer for the same case."""
-    chainer_ms = {(tuple(r["shape"]), r["dtype"], r["pass"]): r["ms"]
-                  for r in rows if r["impl"] == "chainer"}
+    """Fraction of the copy bandwidth, and speed-up over each baseline timed for the same
+    case (``speedup_vs_<baseline>``: the baseline's time over this row's)."""
+    base_ms = {(r["impl"], tuple(r["shape"]), r["dtype"], r["pass"]): r["ms"]
+               for r in rows if r["impl"] in BASELINES}
     for r in rows:
         r["fraction_of_copy"] = r["gbps"] / copy_gbps
-        r["speedup_vs_chainer"] = chainer_ms[(tuple(r["shape"]), r["dtype"], r["pass"])] / r["ms"]
+        for base in BASELINES:
+            ms = base_ms.get((base, tuple(r["shape"]), r["dtype"], r["pass"]))
+            if ms is not None:
+                r[f"speedup_vs_{base}"] = ms / r["ms"]
 
 
 def _table(rows, copy_gbps) -> str:
@@ -114,7 +156,7 @@ def _table(rows, copy_gbps) -> str:
     for r in rows:
         lines.append(f"{'x'.join(map(str, r['shape'])):>18} {r['dtype']:>8} {r['pass']:>14} "
                      f"{r['impl']:>20} {r['ms']:9.3f} {r['gbps']:8.1f} "
-                     f"{r['fraction_of_copy']:8.1%} {r['speedup_vs_chainer']:9.2f}x")
+                     f"{r['fraction_of_copy']:8.1%} {r.get('speedup_vs_chainer', np.nan):9.2f}x")
     return "\n".join(lines)
 
 
@@ -124,27 +166,45 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
     cases = list(dict.fromkeys(("x".join(map(str, r["shape"])), r["dtype"]) for r in rows))
     fig, axes = plt.subplots(len(PASSES), 1, figsize=(max(8, 1.6 * len(cases)), 9),
                              sharex=True)
-    width = 0.8 / len(IMPLS)
+    width = 0.8 / len(impls)
     for ax, name in zip(axes, PASSES):
-        for k, impl in enumerate(IMPLS):
+        for k, impl in enumerate(impls):
             got = {("x".join(map(str, r["shape"])), r["dtype"]): r["fraction_of_copy"]
                    for r in rows if r["impl"] == impl and r["pass"] == name}
-            ax.bar(np.arange(len(cases)) + (k - len(IMPLS) / 2 + 0.5) * width,
+            ax.bar(np.arange(len(cases)) + (k - len(impls) / 2 + 0.5) * width,
                    [100 * got.get(c, np.nan) for c in cases], width, label=impl)
         if max(100 * r["fraction_of_copy"] for r in rows) > 40:   # the GPU target, in reach
             ax.axhline(80, color="gray", ls="--", lw=0.8)
         ax.set_ylabel("% of copy bandwidth")
         ax.set_title(name, fontsize=10)
     axes[-1].set_xticks(np.arange(len(cases)), [f"{s}\n{d}" for s, d in cases], fontsize=8)
-    axes[0].legend(ncol=len(IMPLS), fontsize=8, loc="upper left")
+    axes[0].legend(ncol=min(len(impls), 4), fontsize=8, loc="upper left")
     fig.suptitle(f"{result['device']}: bandwidth by the minimal traffic model "
                  f"(copy = {result['copy_gbps']:.1f} GB/s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _optional_versions(impls: Sequence[str]) -> Dict[str, Any]:
+    """Versions of the PyTorch-based baselines asked for (absent ones are left out)."""
+    info: Dict[str, Any] = {}
+    if not set(impls) & set(OPTIONAL):
+        return info
+    try:
+        import torch
+        info.update(torch=torch.__version__, torch_cuda=torch.version.cuda,
+                    torch_cudnn=(torch.backends.cudnn.version()
+                                 if torch.backends.cudnn.is_available() else None))
+        import inplace_abn
+        info["inplace_abn"] = getattr(inplace_abn, "__version__", "unknown")
+    except ImportError:
+        pass
+    return info
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -160,21 +220,28 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     shapes = [(batch,) + s for s in chw]
     clock = Clock(xp, args.warmup, args.repeat or (50 if gpu else 5))
     copy_gbps = copy_bandwidth(clock, (1 << 30) if gpu else (256 << 20)) / 1e9
-    rows = run(xp, shapes, args.dtypes.split(","), clock, not args.no_progress)
+    impls = impls_for(args.baselines, gpu)
+    skipped: List[Dict[str, Any]] = []
+    rows = run(xp, shapes, args.dtypes.split(","), clock, not args.no_progress, impls, skipped)
     _annotate(rows, copy_gbps)
     env = describe(gpu)
     if gpu:
         import chainer
         env["chainer_cudnn"] = bool(chainer.backends.cuda.cudnn_enabled)
+    env.update(_optional_versions(impls))
     result = {"device": env["device"], "environment": env, "copy_gbps": copy_gbps,
               "traffic_model": {k: f"{v} S" for k, v in MODEL_BYTES.items()},
-              "warmup": args.warmup, "repeat": clock.repeat, "rows": rows}
+              "warmup": args.warmup, "repeat": clock.repeat, "impls": list(impls),
+              "skipped": skipped, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"kernels_{'gpu' if gpu else 'cpu'}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, stem.with_suffix(".png"))
     print(_table(rows, copy_gbps))
+    for s in skipped:
+        print(f"skipped {s['impl']} {'x'.join(map(str, s['shape']))} {s['dtype']}: "
+              f"{s['reason']}")
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     return result
 
