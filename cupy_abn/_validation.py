@@ -19,9 +19,6 @@ from ._state import MODES
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _NUMBER = (int, float, np.floating)
 
-Text = Union[str, Any, Callable[[], Any]]
-
-
 def fail(arg: str, expected: str, got: Any, exc: type = ValueError) -> NoReturn:
     """Raise ``exc("<arg>: expected <expected>, got <got>")``.
 
@@ -39,7 +36,8 @@ def fail(arg: str, expected: str, got: Any, exc: type = ValueError) -> NoReturn:
     raise exc(f"{arg}: expected {expected}, got {got}")
 
 
-def expect(ok: bool, arg: str, expected: Text, got: Text, exc: type = ValueError) -> None:
+def expect(ok: bool, arg: str, expected: Union[str, Callable[[], str]], got: Any,
+           exc: type = ValueError) -> None:
     """Raise ``exc`` naming ``arg`` unless ``ok``.
 
     Parameters
@@ -74,16 +72,6 @@ def array_family(a: Any) -> Optional[str]:
 def _device_id(a: Any) -> Optional[int]:
     dev = getattr(a, "device", None)
     return getattr(dev, "id", None)
-
-
-def _is_writeable(a: Any) -> bool:
-    flags = getattr(a, "flags", None)
-    return bool(getattr(flags, "writeable", True))
-
-
-def _is_c_contiguous(a: Any) -> bool:
-    flags = getattr(a, "flags", None)
-    return bool(getattr(flags, "c_contiguous", True))
 
 
 def check_same_family(x: Any, arrays: dict) -> str:
@@ -188,9 +176,10 @@ def check_scalars(eps: float, decay: float) -> None:
 
 def check_in_place_target(name: str, a: Any, why: str) -> None:
     """``a`` can be written in place: writeable and C-contiguous."""
-    if not _is_writeable(a):
+    flags = getattr(a, "flags", None)    # numpy makes a new flags object per access
+    if not getattr(flags, "writeable", True):
         fail(name, f"a writeable array ({why})", "a read-only array")
-    if not _is_c_contiguous(a):
+    if not getattr(flags, "c_contiguous", True):
         fail(name, f"a C-contiguous array ({why})",
              f"a non-contiguous array with strides {tuple(a.strides)}")
 
