@@ -24,8 +24,12 @@ every argument; a real ``get_function`` looks a module up by its whole source te
 the time, the counts of launches, device entries, allocations and kernel objects made per
 call are reported: they do not depend on the machine.
 
-"Before" is measured in a temporary ``git worktree`` of ``--before``; both trees are measured
-in a subprocess each by this same script (``--worker``), one after the other, in one run.
+"Before" is measured in a temporary ``git worktree`` of ``--before``, "after" in this checkout
+(uncommitted changes included), in one run: each tree in fresh processes running this same
+script (``--worker``), the two alternating for ``--rounds`` rounds so that a change of machine
+load falls on both alike.  A time is the median over all samples (a sample: the mean of
+``--inner`` consecutive calls, garbage collection held off), after ``--warmup`` calls that
+compile (stubbed) and fill every cache.
 Writes ``<out>/host_overhead.json`` and ``.png``.
 """
 from __future__ import annotations
@@ -53,6 +57,13 @@ DEFAULT_BEFORE = "f788f24"
 KINDS = ("forward_train", "forward_eval", "backward")
 LABELS = {"forward_train": "forward (training)", "forward_eval": "forward (evaluation)",
           "backward": "backward"}
+# Where a call's time goes: cupy_abn module -> part.
+PARTS = {"api": "api, validation, dispatch", "_validation": "api, validation, dispatch",
+         "_dispatch": "api, validation, dispatch", "_state": "api, validation, dispatch",
+         "_kernel_backend": "kernel backend, kernel source",
+         "_kernel_source": "kernel backend, kernel source",
+         "_numpy_backend": "kernel backend, kernel source",
+         "_runtime_cupy": "CupyRuntime"}
 COUNTERS = ("launches", "device_enters", "allocations", "kernel_objects", "modules")
 STUBBED = ["cupy.empty, zeros, empty_like, ascontiguousarray (fake arrays, no memory)",
            "cupy.RawModule, RawKernel (no compilation; launches recorded, not run)",
@@ -286,8 +297,34 @@ def _time_calls(fn, repeat: int, inner: int, bar=None) -> List[float]:
     return samples
 
 
+def _breakdown(fn, calls: int, tree: Path) -> Dict[str, float]:
+    """Share of ``fn``'s own time per part of the code, from a profiled run (the profiler
+    slows every call, so only the shares are kept)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    parts = dict.fromkeys(PARTS.values(), 0.0)
+    parts["stub CuPy"] = parts["other (numpy, builtins)"] = 0.0
+    pkg = str(Path(tree).resolve() / "cupy_abn")
+    for (path, _, _), (_, _, tottime, _, _) in pstats.Stats(prof).stats.items():
+        if path.startswith(pkg):
+            part = PARTS.get(Path(path).stem, "cupy_abn (other)")
+        elif path == str(Path(__file__).resolve()):
+            part = "stub CuPy"
+        else:
+            part = "other (numpy, builtins)"
+        parts[part] = parts.get(part, 0.0) + tottime
+    total = sum(parts.values()) or 1.0
+    return {k: round(v / total, 4) for k, v in parts.items()}
+
+
 def measure_tree(tree: Path, shape: Tuple[int, ...], dtype: str, repeat: int, inner: int,
-                 warmup: int, progress: bool = True) -> Dict[str, Any]:
+                 warmup: int, progress: bool = True, label: str = "") -> Dict[str, Any]:
     """Host µs per call of each kind with the ``cupy_abn`` of ``tree`` on the stub CuPy.
 
     Must run in a fresh process: it installs the stub as ``sys.modules["cupy"]`` and imports
@@ -297,7 +334,7 @@ def measure_tree(tree: Path, shape: Tuple[int, ...], dtype: str, repeat: int, in
     -------
     dict
         ``{"module": path of cupy_abn imported, "kinds": {kind: {"us_median", "us_min",
-        "samples", counters..., "launch_list"}}}``.
+        "samples", counters..., "launch_list", "breakdown"}}}``.
     """
     from tqdm.auto import tqdm
 
@@ -325,7 +362,8 @@ def measure_tree(tree: Path, shape: Tuple[int, ...], dtype: str, repeat: int, in
         "backward": lambda: cupy_abn.abn_backward(saved, dz),
     }
     kinds: Dict[str, Any] = {}
-    bar = tqdm(total=len(KINDS) * repeat, desc=f"host µs {tree.name}", disable=not progress,
+    bar = tqdm(total=len(KINDS) * repeat, desc=f"host µs {label or tree.name}",
+               disable=not progress,
                file=sys.stderr, leave=False)
     for kind in KINDS:
         fn = calls[kind]
@@ -340,6 +378,7 @@ def measure_tree(tree: Path, shape: Tuple[int, ...], dtype: str, repeat: int, in
         samples = _time_calls(fn, repeat, inner, bar)
         row.update(us_median=statistics.median(samples), us_min=min(samples),
                    samples=[round(s, 3) for s in samples])
+        row["breakdown"] = _breakdown(fn, max(100, 5 * repeat), tree)
         kinds[kind] = row
     bar.close()
     return {"module": str(module), "kinds": kinds}
@@ -351,44 +390,70 @@ def _git(*args: str, cwd: Path = ROOT) -> str:
                           text=True).stdout.strip()
 
 
-def _run_worker(tree: Path, args: argparse.Namespace) -> Dict[str, Any]:
+def _run_worker(tree: Path, label: str, args: argparse.Namespace) -> Dict[str, Any]:
     """Measure ``tree`` in a fresh interpreter running this script with ``--worker``."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree),
                "--json-out", str(out), "--shape", args.shape, "--dtype", args.dtype,
                "--repeat", str(args.repeat), "--inner", str(args.inner),
-               "--warmup", str(args.warmup)] + ([] if args.progress else ["--no-progress"])
+               "--warmup", str(args.warmup), "--label", label] + ([] if args.progress else ["--no-progress"])
         env = dict(os.environ, PYTHONPATH="", PYTHONDONTWRITEBYTECODE="1")
         subprocess.run(cmd, check=True, cwd=tree, env=env)
         return json.loads(out.read_text())
 
 
-def measure_before(rev: str, args: argparse.Namespace) -> Dict[str, Any]:
-    """``rev`` checked out in a temporary worktree, measured, and the worktree removed."""
-    commit = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
-    with tempfile.TemporaryDirectory(prefix="host_overhead_") as tmp:
-        wt = Path(tmp) / "before"
-        _git("worktree", "add", "--detach", "--quiet", str(wt), commit)
-        try:
-            res = _run_worker(wt, args)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=ROOT,
-                           capture_output=True)
-    res.update(rev=rev, commit=commit)
+def _merge(rounds: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One tree's rounds as one result: samples pooled, counts from the first round."""
+    res = dict(rounds[0], kinds={})
+    for kind in KINDS:
+        row = dict(rounds[0]["kinds"][kind])
+        samples = [s for r in rounds for s in r["kinds"][kind]["samples"]]
+        row.update(us_median=statistics.median(samples), us_min=min(samples), samples=samples,
+                   us_round_medians=[r["kinds"][kind]["us_median"] for r in rounds])
+        res["kinds"][kind] = row
     return res
 
 
-def measure_after(args: argparse.Namespace) -> Dict[str, Any]:
-    """This checkout, uncommitted changes included."""
-    res = _run_worker(ROOT, args)
+def _describe_tree() -> Dict[str, Any]:
     try:
         dirty = _git("status", "--porcelain", "--", "cupy_abn", "kernels")
-        res.update(rev="working tree", commit=_git("rev-parse", "HEAD"),
-                   uncommitted_changes=bool(dirty))
+        return dict(rev="working tree", commit=_git("rev-parse", "HEAD"),
+                    uncommitted_changes=bool(dirty))
     except (OSError, subprocess.CalledProcessError):    # not a git checkout
-        res.update(rev="working tree", commit="unknown", uncommitted_changes=None)
-    return res
+        return dict(rev="working tree", commit="unknown", uncommitted_changes=None)
+
+
+def measure(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+    """"after" (this checkout, uncommitted changes included) and, unless ``--no-before``,
+    "before" (``--before`` in a temporary worktree, removed afterwards).
+
+    The two trees alternate for ``--rounds`` rounds, each a fresh process, so that a change
+    of machine load over the run falls on both alike.
+    """
+    from tqdm.auto import tqdm
+
+    trees = {"after": ROOT}
+    with tempfile.TemporaryDirectory(prefix="host_overhead_") as tmp:
+        if not args.no_before:
+            commit = _git("rev-parse", "--verify", f"{args.before}^{{commit}}")
+            wt = Path(tmp) / "before"
+            _git("worktree", "add", "--detach", "--quiet", str(wt), commit)
+            trees = {"before": wt, "after": ROOT}
+        try:
+            rounds: Dict[str, List[Dict[str, Any]]] = {name: [] for name in trees}
+            steps = [(i, name) for i in range(args.rounds) for name in trees]
+            for _, name in tqdm(steps, desc="trees x rounds", disable=not args.progress):
+                rounds[name].append(_run_worker(trees[name], name, args))
+        finally:
+            if "before" in trees:
+                subprocess.run(["git", "worktree", "remove", "--force", str(trees["before"])],
+                               cwd=ROOT, capture_output=True)
+    out = {name: _merge(r) for name, r in rounds.items()}
+    if "before" in out:
+        out["before"].update(rev=args.before, commit=commit)
+    out["after"].update(_describe_tree())
+    return out
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -410,6 +475,12 @@ def table(result: Dict[str, Any]) -> str:
             f"{r['kinds'][kind]['allocations']} / {r['kinds'][kind]['kernel_objects']}"
             for name, r in runs)
         lines.append(line)
+    for name, r in runs:
+        lines.append(f"{name}: share of host time by part (profiled)")
+        for kind in KINDS:
+            shares = r["kinds"][kind].get("breakdown", {})
+            lines.append(f"  {LABELS[kind]:<22}" + ", ".join(
+                f"{part} {100 * v:.0f}%" for part, v in shares.items()))
     return "\n".join(lines)
 
 
@@ -426,7 +497,11 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     for i, (name, r) in enumerate(runs):
         xs = [k + (i - (len(runs) - 1) / 2) * width for k in range(len(KINDS))]
         ys = [r["kinds"][kind]["us_median"] for kind in KINDS]
-        label = f"{name} ({r['rev']}, {r['commit'][:7]})"
+        if r["commit"].startswith(str(r["rev"])):
+            label = f"{name} ({r['commit'][:7]})"
+        else:
+            label = f"{name} ({r['rev']}{' with changes' if r.get('uncommitted_changes') else ''}"\
+                    f", {r['commit'][:7]})"
         bars = ax.bar(xs, ys, width, label=label, color=colors[name])
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks(range(len(KINDS)), [LABELS[k] for k in KINDS])
@@ -449,27 +524,28 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--no-before", action="store_true", help="measure this tree only")
     p.add_argument("--shape", default="32x64x56x56")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--repeat", type=int, default=100, help="samples per call kind")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="fresh processes per tree, before and after alternating")
+    p.add_argument("--repeat", type=int, default=100,
+                   help="samples per call kind and round")
     p.add_argument("--inner", type=int, default=20, help="calls per sample")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--worker", metavar="TREE", help=argparse.SUPPRESS)
     p.add_argument("--json-out", help=argparse.SUPPRESS)
+    p.add_argument("--label", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     shape = tuple(int(s) for s in args.shape.split("x"))
 
     if args.worker:
         res = measure_tree(Path(args.worker), shape, args.dtype, args.repeat, args.inner,
-                           args.warmup, args.progress)
+                           args.warmup, args.progress, args.label)
         Path(args.json_out).write_text(json.dumps(res))
         return res
 
-    from tqdm.auto import tqdm
-    steps = [] if args.no_before else ["before"]
-    steps.append("after")
     result: Dict[str, Any] = {
-        "shape": list(shape), "dtype": args.dtype, "repeat": args.repeat,
+        "shape": list(shape), "dtype": args.dtype, "rounds": args.rounds, "repeat": args.repeat,
         "inner": args.inner, "warmup": args.warmup,
         "python": f"Python {platform.python_version()}",
         "cpu": platform.processor() or platform.machine(),
@@ -477,9 +553,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "command": "python benchmarks/host_overhead.py " + " ".join(
             argv if argv is not None else sys.argv[1:]),
     }
-    for step in tqdm(steps, desc="trees", disable=not args.progress):
-        result[step] = measure_before(args.before, args) if step == "before" \
-            else measure_after(args)
+    result.update(measure(args))
     if "before" in result:
         result["speedup"] = {k: result["before"]["kinds"][k]["us_median"] /
                              result["after"]["kinds"][k]["us_median"] for k in KINDS}

@@ -160,7 +160,7 @@ def test_as_dtype_works_for_pyopencl_arrays():
 
 
 def test_benchmark_runs_this_tree(tmp_path):
-    result = H.main(["--no-before", "--shape", "4x3x5x7", "--repeat", "2", "--inner", "1",
+    result = H.main(["--no-before", "--shape", "4x3x5x7", "--rounds", "1", "--repeat", "2", "--inner", "1",
                      "--warmup", "1", "--out", str(tmp_path), "--no-progress"])
     saved = json.loads((tmp_path / "host_overhead.json").read_text())
     assert (tmp_path / "host_overhead.png").stat().st_size > 10_000
@@ -171,6 +171,7 @@ def test_benchmark_runs_this_tree(tmp_path):
         assert row["us_median"] > 0 and len(row["samples"]) == 2
         assert row["device_enters"] == 1 and row["kernel_objects"] == 0
         assert row["launches"] == len(row["launch_list"]) >= 1
+        assert sum(row["breakdown"].values()) == pytest.approx(1, abs=1e-3)
     assert "speed-up" not in H.table(result)
 
 
@@ -179,11 +180,14 @@ def test_benchmark_runs_this_tree(tmp_path):
 def test_benchmark_measures_a_revision_in_a_worktree(tmp_path):
     before = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True,
                             text=True).stdout
-    result = H.main(["--before", "HEAD", "--shape", "4x3x5x7", "--repeat", "1", "--inner",
-                     "1", "--warmup", "1", "--out", str(tmp_path), "--no-progress"])
+    result = H.main(["--before", "HEAD", "--shape", "4x3x5x7", "--rounds", "2", "--repeat",
+                     "1", "--inner", "1", "--warmup", "1", "--out", str(tmp_path),
+                     "--no-progress"])
     assert result["before"]["commit"] == H._git("rev-parse", "HEAD")
     assert "/before/" in result["before"]["module"]
     assert set(result["speedup"]) == set(H.KINDS)
+    for name in ("before", "after"):       # two rounds of one sample each, pooled
+        assert all(len(result[name]["kinds"][k]["samples"]) == 2 for k in H.KINDS)
     assert "speed-up" in H.table(result)
     after = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True,
                            text=True).stdout
