@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU proof (README, "GPU proof"): the GPU tests, the kernel benchmark against Chainer,
+# PyTorch and Mapillary's inplace_abn, the demo's GPU memory and the static model's fit, in
+# two device calls of at most 10 minutes each.  The steps are in benchmarks/gpu_proof.py.
+#
+#   bash scripts/gpu_proof.sh prepare        # here: .gpu_carry/ (Chainer wheel, setuptools 80,
+#                                            # inplace-abn sdist); prints the two device calls
+#   bash scripts/gpu_proof.sh part1          # GPU machine: install, environment, GPU tests,
+#                                            # inplace_abn built in the background
+#   bash scripts/gpu_proof.sh part2          # GPU machine: kernels, demo, memory, model fit
+#   bash scripts/gpu_proof.sh unpack DIR     # here: returned files -> benchmarks/results/
+#   bash scripts/gpu_proof.sh check          # here: both parts' CPU paths (no GPU needed)
+#
+# On the GPU machine everything goes to $OUT (the device tool returns it), the log included.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  prepare)
+    py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+    exec "$py" benchmarks/gpu_proof.py prepare "$@" ;;
+  part1|part2|all)
+    out=${OUT:-/tmp/gpu_proof/out}
+    mkdir -p "$out"
+    export PYTHONUNBUFFERED=1
+    # python3 there is the interpreter that holds PyTorch and CuPy (KINDS.md)
+    python3 benchmarks/gpu_proof.py "$cmd" --out "$out" "$@" 2>&1 | tee "$out/gpu_proof_$cmd.log"
+    exit "${PIPESTATUS[0]}" ;;
+  unpack)
+    py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+    exec "$py" benchmarks/gpu_proof.py unpack "$@" ;;
+  check)
+    py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+    out=${OUT:-/tmp/gpu_proof/check}
+    status=0
+    for part in part1 part2; do
+      "$py" benchmarks/gpu_proof.py "$part" --device cpu --out "$out" "$@" || status=1
+    done
+    exit $status ;;
+  *)
+    sed -n '2,14p' "$0" >&2
+    exit 2 ;;
+esac
