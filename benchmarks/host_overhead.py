@@ -460,14 +460,15 @@ def measure(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
 def table(result: Dict[str, Any]) -> str:
     """The before/after table as text."""
     runs = [(name, result[name]) for name in ("before", "after") if name in result]
-    head = f"{'call':<22}" + "".join(f"{name + ' µs':>12}" for name, _ in runs)
+    head = f"{'call':<22}" + "".join(f"{name + ' µs':>12}{'(best)':>8}" for name, _ in runs)
     if len(runs) == 2:
         head += f"{'speed-up':>10}"
     head += "   launches / device enters / allocations / kernel objects per call"
-    lines = [head]
+    lines = ["µs: median (and best) sample; a sample is the mean of --inner calls", head]
     for kind in KINDS:
-        line = f"{LABELS[kind]:<22}" + "".join(f"{r['kinds'][kind]['us_median']:12.1f}"
-                                               for _, r in runs)
+        line = f"{LABELS[kind]:<22}" + "".join(
+            f"{r['kinds'][kind]['us_median']:12.1f}{r['kinds'][kind]['us_min']:8.1f}"
+            for _, r in runs)
         if len(runs) == 2:
             line += f"{result['speedup'][kind]:9.2f}x"
         line += "   " + "  |  ".join(
@@ -526,9 +527,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--rounds", type=int, default=3,
                    help="fresh processes per tree, before and after alternating")
-    p.add_argument("--repeat", type=int, default=100,
+    p.add_argument("--repeat", type=int, default=300,
                    help="samples per call kind and round")
-    p.add_argument("--inner", type=int, default=20, help="calls per sample")
+    p.add_argument("--inner", type=int, default=5,
+                   help="calls per sample (short samples: a preempted one is an outlier "
+                        "the median ignores)")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--no-progress", dest="progress", action="store_false")
