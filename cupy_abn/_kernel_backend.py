@@ -1,18 +1,25 @@
-"""The kernel backend: every launch decision (which kernel, grid, block, partials per channel)
-is made here once; the runtime (CuPy on a GPU, pyopencl on a CPU for the tests) only compiles,
-allocates and launches.
+"""The kernel backend: every launch decision (which kernel, grid, block, partials per channel,
+vector or scalar path) is made here once; the runtime (CuPy on a GPU, pyopencl on a CPU for the
+tests) only compiles, allocates and launches.
 
-Forward (training): channel_moments -> channel_train -> normalize_activate (3 launches);
-evaluation: channel_eval -> normalize_activate (2).  Backward: grad_sums -> channel_backward ->
-grad_input (3).  The reductions are two-level: ``channel_moments``/``grad_sums`` write
-``(C, B)`` partials (one block per channel slice), and the one-thread-per-channel kernels
-``channel_train``/``channel_backward`` merge any number of partials (a synchronized layer
-passes its own ``(C, R)``).
+Forward (training): ``channel_moments`` (whose last block per channel finishes the statistics)
+-> ``normalize_activate``: 2 launches.  Evaluation: ``channel_eval`` -> ``normalize_activate``.
+Backward: ``grad_sums`` (whose last block per channel finishes dgamma, dbeta and the
+coefficients) -> ``grad_input``: 2 launches.  A synchronized layer exchanges the per-channel
+partials between the reduction and its finish, so there the finish is a launch of its own
+(``channel_train`` / ``channel_backward``, one thread per channel).
+
+The streaming kernels move 16-byte packs (``VEC`` elements) when every streamed array starts
+on a 16-byte boundary and a row (the spatial size S) is a whole number of packs; otherwise
+single elements (the scalar path: odd S such as 7x7, offset views).  Reductions size their grid
+to whole waves of the occupancy the compiled variant has; elementwise kernels give each row
+(n, c) a power-of-two group of threads so that the channel's constants stay in registers.
 
 A runtime provides: ``target`` ("cuda" or "opencl"), ``multiprocessors``, ``max_block``,
 ``empty(shape, dtype)``, ``zeros(shape, dtype)``, ``empty_like(a)``, ``ascontiguous(a)``,
-``function(family, entry, defines)`` and ``launch(fn, grid, block, args)`` (grid and block
-counted as in CUDA: ``grid`` blocks of ``block`` threads, 1-D).
+``aligned(a, nbytes)``, ``function(family, entry, defines)``, ``occupancy(fn, block)`` (blocks
+per multiprocessor) and ``launch(fn, grid, block, args)`` (``grid`` blocks of ``block``
+threads, 1-D).
 """
 from __future__ import annotations
 
@@ -24,44 +31,83 @@ import numpy as np
 from . import _kernel_source as K
 from ._activations import ACTIVATIONS
 from ._numpy_backend import accum_dtype
-from ._state import N_COEF, N_ROWS, T_XHAT_FROM_X
+from ._state import N_ROWS, T_XHAT_FROM_X
 
-MAX_BLOCK = 256            # kernels/storage.h: shared memory is sized for this many threads
+MAX_BLOCK = 256            # kernels/storage.h MAX_BLOCK: shared memory and launch bounds
 MIN_BLOCK = 32
-BLOCKS_PER_SM = 8          # reduction blocks per multiprocessor that keep it busy
-ELEMS_PER_THREAD = 8       # fewest elements per thread before a channel is split further
-MAX_PARTS = 1024
-ELEMENTWISE_BLOCK = 256
-ELEMENTWISE_WAVES = 32     # grid-stride kernels: at most this many blocks per multiprocessor
+MAX_PARTS = 1024           # partials per channel
+MIN_WAVE_EFFICIENCY = 0.9  # reduction grids: blocks / (waves * resident blocks)
+N_COEF = 5                 # kernels/storage.h COEF_A .. COEF_T1: dx = (dy - t*A - B) * K
+MAX_ROW_GRID = 2 ** 31 - 1   # elementwise grids: blocks beyond it loop over further rows
+# Packs in flight per thread in the hot loops (UNROLL in the kernel files): one streamed
+# tensor (forward) or two (backward), 16-byte packs or single elements.
+UNROLL = {("forward", True): 4, ("forward", False): 8,
+          ("backward", True): 2, ("backward", False): 4}
 
 
 @dataclass(frozen=True)
 class ReductionPlan:
+    """Grid of a reduction: ``channels * parts`` blocks of ``block`` threads."""
     parts: int   # B: blocks (partials) per channel
     block: int   # threads per block, a power of two
 
-    @property
-    def grid(self):
-        return self.parts
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Grid of an elementwise kernel: ``grid`` blocks of ``block`` threads, ``row_threads``
+    threads (a power of two) per row of ``row_len`` packs."""
+    grid: int
+    block: int
+    row_threads: int
 
 
-def reduction_plan(m: int, channels: int, multiprocessors: int,
-                   max_block: int = MAX_BLOCK) -> ReductionPlan:
-    """Threads per block and blocks per channel for a reduction over ``m`` elements/channel.
-
-    The block grows from 32 threads while every thread would still get >= 8 elements, so a
-    small channel (32x2048x7x7: m = 1568) gets one block of 128 threads and no idle threads;
-    then channels are split into B slices until the grid has ~8 blocks per multiprocessor
-    (32x64x112x112 on 132 SMs: B = 17, 1088 blocks of 256 threads).
-    """
+def reduction_block(m_packs: int, unroll: int, max_block: int = MAX_BLOCK) -> int:
+    """Threads per reduction block: the largest power of two (32 .. 256) that still gives
+    every thread at least one full unrolled iteration of the channel's ``m_packs`` packs."""
     cap = min(MAX_BLOCK, max_block)
     block = MIN_BLOCK
-    while block * 2 <= cap and block * 2 * ELEMS_PER_THREAD <= m:
+    while block * 2 <= cap and block * 2 * unroll <= m_packs:
         block *= 2
-    block = min(block, cap)
-    want = math.ceil(BLOCKS_PER_SM * multiprocessors / max(channels, 1))
-    enough_work = max(1, m // (block * ELEMS_PER_THREAD))
-    return ReductionPlan(parts=max(1, min(want, enough_work, MAX_PARTS)), block=block)
+    return block
+
+
+def wave_efficiency(blocks: int, slots: int) -> float:
+    """blocks / (waves * slots): the busy fraction of the multiprocessors' block slots."""
+    waves = -(-blocks // slots)
+    return blocks / (waves * slots)
+
+
+def reduction_parts(m_packs: int, channels: int, block: int, unroll: int, slots: int) -> int:
+    """Blocks per channel: the fewest that fill the GPU's ``slots`` resident blocks to whole
+    waves (>= 90% busy), each thread keeping at least one full unrolled iteration; failing
+    that, the most wave-efficient count.
+
+    32x64x112x112 float32 on 132 SMs with 4 resident blocks (528 slots): B = 8, one wave of
+    512 blocks; 32x2048x7x7: B = 1, 2048 blocks in 3.9 waves.
+    """
+    limit = max(1, min(MAX_PARTS, m_packs // (block * unroll)))
+    best, best_eff = 1, -1.0
+    for parts in range(1, limit + 1):
+        blocks = channels * parts
+        eff = wave_efficiency(blocks, slots)
+        if blocks >= MIN_WAVE_EFFICIENCY * slots and eff >= MIN_WAVE_EFFICIENCY:
+            return parts
+        if eff > best_eff:
+            best, best_eff = parts, eff
+    return best
+
+
+def row_plan(rows: int, row_len: int, unroll: int, max_block: int = MAX_BLOCK,
+             max_grid: int = 2 ** 31 - 1) -> RowPlan:
+    """Threads per row: the smallest power of two that covers the row's packs in one unrolled
+    iteration (at most a block); the rest of the block takes further rows."""
+    block = min(MAX_BLOCK, max_block)
+    row_threads = 1
+    while row_threads < block and row_threads * unroll < row_len:
+        row_threads *= 2
+    rows_per_block = block // row_threads
+    grid = min(max(1, -(-rows // rows_per_block)), max_grid)
+    return RowPlan(grid=grid, block=block, row_threads=row_threads)
 
 
 def _ncs(shape):
@@ -75,7 +121,6 @@ class KernelBackend:
 
     def __init__(self, runtime):
         self.rt = runtime
-        self.name = f"kernels-{runtime.target}"
 
     # ---- allocation ------------------------------------------------------------------------
     def empty_like(self, a):
@@ -87,18 +132,34 @@ class KernelBackend:
     def ascontiguous(self, a):
         return self.rt.ascontiguous(a)
 
-    # ---- helpers ---------------------------------------------------------------------------
-    def _fn(self, family, entry=None, **variant):
-        return self.rt.function(family, entry or family, K.defines(family, **variant))
+    # ---- launch geometry -------------------------------------------------------------------
+    def vector_path(self, shape, *arrays) -> bool:
+        """16-byte packs when rows are whole packs and every streamed array is aligned."""
+        _, _, s = _ncs(shape)
+        vec = K.vec_width(arrays[0].dtype, True)
+        return s % vec == 0 and all(self.rt.aligned(a, K.PACK_BYTES)
+                                    for a in arrays if a is not None)
 
-    @staticmethod
-    def _idx(numel):
-        idx64 = numel >= K.IDX64_FROM
-        return idx64, (np.uint64 if idx64 else np.uint32)
-
-    def plan(self, shape) -> ReductionPlan:
+    def _geometry(self, shape, dtype, vector):
+        """(channels, row length in packs, packs per channel, index type, idx64)."""
         n, c, s = _ncs(shape)
-        return reduction_plan(n * s, c, self.rt.multiprocessors, self.rt.max_block)
+        row_len = s // K.vec_width(dtype, vector)
+        idx64 = n * c * s >= K.IDX64_FROM
+        return c, row_len, n * row_len, (np.uint64 if idx64 else np.uint32), idx64
+
+    def reduction(self, fn, m_packs: int, channels: int, unroll: int) -> ReductionPlan:
+        block = reduction_block(m_packs, unroll, self.rt.max_block)
+        slots = self.rt.multiprocessors * max(1, self.rt.occupancy(fn, block))
+        return ReductionPlan(reduction_parts(m_packs, channels, block, unroll, slots), block)
+
+    def plan(self, shape, dtype=np.float32) -> ReductionPlan:
+        """The reduction grid of a training forward on an aligned ``shape`` of ``dtype``."""
+        _, _, s = _ncs(shape)
+        vector = s % K.vec_width(dtype, True) == 0
+        c, _, m, _, idx64 = self._geometry(shape, dtype, vector)
+        fn = self._fn("channel_moments", store=dtype, param=accum_dtype(dtype), idx64=idx64,
+                      vector=vector)
+        return self.reduction(fn, m, c, UNROLL["forward", vector])
 
     def _per_channel(self, channels):
         block = min(MAX_BLOCK, self.rt.max_block)
@@ -106,24 +167,55 @@ class KernelBackend:
             block //= 2
         return -(-channels // block), block
 
-    def _elementwise(self, numel):
-        blocks = min(-(-numel // ELEMENTWISE_BLOCK), self.rt.multiprocessors * ELEMENTWISE_WAVES)
-        return max(blocks, 1), ELEMENTWISE_BLOCK
+    def _fn(self, family, entry=None, **variant):
+        return self.rt.function(family, entry or family, K.defines(family, **variant))
 
     # ---- forward ---------------------------------------------------------------------------
     def moments(self, x):
+        """Per-channel (count, mean, M2) partials and the shift, for a synchronized layer."""
         x = self.rt.ascontiguous(x)
-        n, c, s = _ncs(x.shape)
         acc = accum_dtype(x.dtype)
-        idx64, it = self._idx(x.size)
-        p = self.plan(x.shape)
-        count, mean, m2 = (self.rt.empty((c, p.parts), acc) for _ in range(3))
+        fn, plan, args = self._moments(x, acc)   # parameters are never read: any valid dtype
+        self.rt.launch(fn, x.shape[1] * plan.parts, plan.block,
+                       args + self._no_finish(acc, args[5]))
+        return args[5:9]
+
+    def train_stats(self, x, gamma, beta, running_mean, running_var, *, eps, decay,
+                    abs_gamma):
+        """Statistics (6, C) of a training forward in one launch (moments + finish)."""
+        acc = accum_dtype(x.dtype)
+        c = int(x.shape[1])
+        fn, plan, args = self._moments(x, gamma.dtype)
+        stats = self.rt.empty((N_ROWS, c), acc)
+        update = running_mean is not None
+        rm = running_mean if update else gamma   # never written when update_running == 0
+        rv = running_var if update else gamma
+        arrivals = self.rt.zeros((c,), np.uint32) if plan.parts > 1 else args[5]
+        self.rt.launch(fn, c * plan.parts, plan.block,
+                       args[:9] + (arrivals, np.int32(1), gamma, beta, rm, rv,
+                                   np.int32(update), acc.type(eps), acc.type(decay),
+                                   acc.type(1 - decay), np.int32(abs_gamma), stats))
+        return stats
+
+    def _moments(self, x, param_dtype):
+        acc = accum_dtype(x.dtype)
+        vector = self.vector_path(x.shape, x)
+        c, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
+        fn = self._fn("channel_moments", store=x.dtype, param=param_dtype, idx64=idx64,
+                      vector=vector)
+        plan = self.reduction(fn, m, c, UNROLL["forward", vector])
+        count, mean, m2 = (self.rt.empty((c, plan.parts), acc) for _ in range(3))
         shift = self.rt.empty((c,), acc)
-        fn = self._fn("channel_moments", store=x.dtype, idx64=idx64)
-        self.rt.launch(fn, c * p.parts, p.block,
-                       (x, np.uint32(c), it(s), it(n * s), np.uint32(p.parts), count, mean,
-                        m2, shift))
-        return count, mean, m2, shift
+        args = (x, np.uint32(c), it(row_len), it(m), np.uint32(plan.parts), count, mean, m2,
+                shift)
+        return fn, plan, args
+
+    @staticmethod
+    def _no_finish(acc, dummy):
+        """The finish arguments of a moments launch that does not finish (never read)."""
+        z = acc.type(0)
+        return (dummy, np.int32(0), dummy, dummy, dummy, dummy, np.int32(0), z, z, z,
+                np.int32(0), dummy)
 
     def channel_train(self, count, mean, m2, shift, gamma, beta, running_mean, running_var,
                       *, eps, decay, abs_gamma):
@@ -154,36 +246,66 @@ class KernelBackend:
         return stats
 
     def normalize_activate(self, x, out, stats, activation, param):
-        n, c, s = _ncs(x.shape)
-        idx64, it = self._idx(x.size)
-        grid, block = self._elementwise(x.size)
+        vector = self.vector_path(x.shape, x, out)
+        c, row_len, _, it, idx64 = self._geometry(x.shape, x.dtype, vector)
+        rows = x.shape[0] * c
+        plan = row_plan(rows, row_len, UNROLL["forward", vector], self.rt.max_block,
+                        MAX_ROW_GRID)
         fn = self._fn("normalize_activate", store=x.dtype, act=ACTIVATIONS[activation].code,
-                      idx64=idx64)
-        self.rt.launch(fn, grid, block, (x, out, stats, np.uint32(c), it(s), it(x.size),
-                                         np.dtype(stats.dtype).type(param)))
+                      idx64=idx64, vector=vector)
+        self.rt.launch(fn, plan.grid, plan.block,
+                       (x, out, stats, np.uint32(c), it(row_len), it(rows),
+                        np.uint32(plan.row_threads), np.dtype(stats.dtype).type(param)))
 
     # ---- backward --------------------------------------------------------------------------
-    @staticmethod
-    def backward_terms(z, dz, x, stats, activation, param, t):
-        """The kernels rebuild dy and t from z in registers: the terms are just the inputs."""
-        return z, dz, x, stats, activation, param, t
+    def backward_terms(self, z, dz, x, stats, activation, param, t):
+        """The kernels rebuild dy and t from z in registers: the terms are the inputs, and
+        the path (packs or elements) that every backward launch takes."""
+        src = x if t == T_XHAT_FROM_X else None
+        return z, dz, src, stats, activation, param, t, self.vector_path(z.shape, z, dz, src)
+
+    def _grad_sums(self, terms, param_dtype):
+        z, dz, src, stats, activation, param, t, vector = terms
+        acc = np.dtype(stats.dtype)
+        c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
+        fn = self._fn("grad_sums", store=z.dtype, param=param_dtype,
+                      act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector)
+        plan = self.reduction(fn, m, c, UNROLL["backward", vector])
+        sum_dy, sum_dy_t = (self.rt.empty((c, plan.parts), acc) for _ in range(2))
+        args = (z, dz, z if src is None else src, stats, np.uint32(c), it(row_len), it(m),
+                np.uint32(plan.parts), acc.type(param), _reciprocal(acc, param), sum_dy,
+                sum_dy_t)
+        return fn, plan, args
 
     def grad_sums(self, terms):
-        z, dz, x, stats, activation, param, t = terms
-        n, c, s = _ncs(z.shape)
+        """Per-channel (sum dy, sum dy*t) partials, for a synchronized layer."""
+        stats = terms[3]
         acc = np.dtype(stats.dtype)
-        idx64, it = self._idx(z.size)
-        p = self.plan(z.shape)
-        sum_dy, sum_dy_t = (self.rt.empty((c, p.parts), acc) for _ in range(2))
-        fn = self._fn("grad_sums", store=z.dtype, act=ACTIVATIONS[activation].code, t=t,
-                      idx64=idx64)
-        self.rt.launch(fn, c * p.parts, p.block,
-                       (z, dz, x if t == T_XHAT_FROM_X else z, stats, np.uint32(c), it(s),
-                        it(n * s), np.uint32(p.parts), acc.type(param), sum_dy, sum_dy_t))
-        return sum_dy, sum_dy_t
+        fn, plan, args = self._grad_sums(terms, acc)
+        dummy = args[10]
+        self.rt.launch(fn, int(args[4]) * plan.parts, plan.block,
+                       args + (dummy, np.int32(0), dummy, acc.type(0), np.int32(0),
+                               np.int32(0), dummy, dummy, dummy))
+        return args[10], args[11]
+
+    def grad_coefficients(self, terms, gamma, *, m, training, abs_gamma):
+        """dgamma, dbeta (gamma's dtype) and the coefficients of ``grad_input`` in one launch
+        (partial sums + finish)."""
+        stats = terms[3]
+        acc = np.dtype(stats.dtype)
+        fn, plan, args = self._grad_sums(terms, gamma.dtype)
+        c = int(args[4])
+        dgamma, dbeta = self.rt.empty((c,), gamma.dtype), self.rt.empty((c,), gamma.dtype)
+        coef = self.rt.empty((N_COEF, c), acc)
+        arrivals = self.rt.zeros((c,), np.uint32) if plan.parts > 1 else args[10]
+        self.rt.launch(fn, c * plan.parts, plan.block,
+                       args + (arrivals, np.int32(1), gamma, acc.type(m),
+                               np.int32(bool(training)), np.int32(bool(abs_gamma)), dgamma,
+                               dbeta, coef))
+        return dgamma, dbeta, coef
 
     def channel_backward(self, sum_dy, sum_dy_t, stats, gamma, *, m, t, training, abs_gamma):
-        """dgamma and dbeta come back in gamma's dtype, coef (3, C) in the accumulation one."""
+        """dgamma and dbeta come back in gamma's dtype, coef (5, C) in the accumulation one."""
         rt = self.rt
         acc = np.dtype(stats.dtype)
         sum_dy, sum_dy_t = rt.ascontiguous(sum_dy), rt.ascontiguous(sum_dy_t)
@@ -199,12 +321,22 @@ class KernelBackend:
         return dgamma, dbeta, coef
 
     def grad_input(self, terms, coef, dx):
-        z, dz, x, stats, activation, param, t = terms
-        n, c, s = _ncs(z.shape)
-        idx64, it = self._idx(z.size)
-        grid, block = self._elementwise(z.size)
+        z, dz, src, stats, activation, param, t, vector = terms
+        if vector and not self.rt.aligned(dx, K.PACK_BYTES):
+            vector = False
+        acc = np.dtype(stats.dtype)
+        c, row_len, _, it, idx64 = self._geometry(z.shape, z.dtype, vector)
+        rows = z.shape[0] * c
+        plan = row_plan(rows, row_len, UNROLL["backward", vector], self.rt.max_block,
+                        MAX_ROW_GRID)
         fn = self._fn("grad_input", store=z.dtype, act=ACTIVATIONS[activation].code, t=t,
-                      idx64=idx64)
-        self.rt.launch(fn, grid, block,
-                       (z, dz, x if t == T_XHAT_FROM_X else z, stats, coef, np.uint32(c),
-                        it(s), it(z.size), np.dtype(stats.dtype).type(param), dx))
+                      idx64=idx64, vector=vector)
+        self.rt.launch(fn, plan.grid, plan.block,
+                       (z, dz, z if src is None else src, coef, np.uint32(c), it(row_len),
+                        it(rows), np.uint32(plan.row_threads), acc.type(param),
+                        _reciprocal(acc, param), dx))
+
+
+def _reciprocal(acc, param):
+    """1 / param for the activation's inverse (unused by identity, whose param may be 0)."""
+    return acc.type(1.0 / param) if param else acc.type(0)

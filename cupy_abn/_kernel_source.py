@@ -32,23 +32,32 @@ class KernelFile:
     file: str
     entries: Tuple[str, ...]
     headers: Tuple[str, ...]
-    uses: Tuple[str, ...]   # subset of ("store", "param", "act", "t", "idx")
+    uses: Tuple[str, ...]   # subset of ("store", "param", "act", "t", "idx", "vec")
 
 
+_STREAM = ("store", "idx", "vec")   # kernels that stream x-sized tensors
 FILES: Dict[str, KernelFile] = {
-    "channel_moments": KernelFile("channel_moments.cu", ("channel_moments",), (),
-                                  ("store", "idx")),
-    "channel_train": KernelFile("channel_train.cu", ("channel_train", "channel_eval"), (),
-                                ("param",)),
+    "channel_moments": KernelFile("channel_moments.cu", ("channel_moments",),
+                                  ("channel_reduce.cuh", "channel_stats.cuh"),
+                                  _STREAM + ("param",)),
+    "channel_train": KernelFile("channel_train.cu", ("channel_train", "channel_eval"),
+                                ("channel_reduce.cuh", "channel_stats.cuh"), ("param",)),
     "normalize_activate": KernelFile("normalize_activate.cu", ("normalize_activate",),
-                                     ("activation.cuh",), ("store", "act", "idx")),
-    "grad_sums": KernelFile("grad_sums.cu", ("grad_sums",), ("activation.cuh",
-                            "grad_terms.cuh"), ("store", "act", "t", "idx")),
-    "channel_backward": KernelFile("channel_backward.cu", ("channel_backward",), (),
-                                   ("param", "t")),
-    "grad_input": KernelFile("grad_input.cu", ("grad_input",), ("activation.cuh",
-                             "grad_terms.cuh"), ("store", "act", "t", "idx")),
+                                     ("activation.cuh",), _STREAM + ("act",)),
+    "grad_sums": KernelFile("grad_sums.cu", ("grad_sums",),
+                            ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh",
+                             "channel_grads.cuh"), _STREAM + ("param", "act", "t")),
+    "channel_backward": KernelFile("channel_backward.cu", ("channel_backward",),
+                                   ("channel_reduce.cuh", "channel_grads.cuh"), ("param", "t")),
+    "grad_input": KernelFile("grad_input.cu", ("grad_input",),
+                             ("activation.cuh", "grad_terms.cuh"), _STREAM + ("act", "t")),
 }
+
+# Families whose hot loop streams an x-sized tensor (vector and scalar paths).
+STREAMING = tuple(f for f, kf in FILES.items() if "vec" in kf.uses)
+
+# Bytes one pack moves on the vector path (one 128-bit access).
+PACK_BYTES = 16
 
 
 def _kernel_dir():
@@ -78,12 +87,18 @@ def accum_bits(store_bits: int) -> int:
     return 64 if store_bits == 64 else 32
 
 
-def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None
-            ) -> Tuple[str, ...]:
+def vec_width(store, vector: bool) -> int:
+    """Elements per pack: 16 bytes of ``store`` on the vector path, 1 on the scalar path."""
+    return PACK_BYTES // np.dtype(store).itemsize if vector else 1
+
+
+def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None,
+            vector=False) -> Tuple[str, ...]:
     """The ``-D`` options of a variant of ``family``, from the dtypes/codes it reads.
 
     ``store`` and ``param`` are dtypes (or None where the family does not read them); the
-    accumulation dtype follows from them (float64 only for float64 data).
+    accumulation dtype follows from them (float64 only for float64 data).  ``vector`` selects
+    16-byte packs (``VEC`` elements) instead of single elements in the streaming kernels.
     """
     uses = FILES[family].uses
     out = []
@@ -99,6 +114,8 @@ def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None
     if "t" in uses:
         out.append(f"-DT_KIND={int(t)}")
     out.append(f"-DIDX64={int(bool(idx64)) if 'idx' in uses else 0}")
+    if "vec" in uses:
+        out.append(f"-DVEC={vec_width(store, vector)}")
     return tuple(out)
 
 
@@ -108,15 +125,22 @@ DTYPE_PAIRS = ((np.float16, np.float16), (np.float16, np.float32), (np.float32, 
 
 
 def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
-    """Every distinct (family, defines) the library can ask for."""
+    """Every distinct (family, defines) the library can ask for.
+
+    Activation and t kind come in the pairs a mode can ask for (``relu`` is not invertible:
+    plain ABN only, whose t is computed from x).
+    """
     from ._activations import ACTIVATIONS
-    from ._state import T_XHAT_FROM_X, T_XHAT_FROM_Y, T_Y
-    acts = sorted(a.code for a in ACTIVATIONS.values())
+    from ._state import MODES, t_kind
+    pairs = sorted({(a.code, t_kind(mode, training))
+                    for a in ACTIVATIONS.values() for mode in MODES for training in (True, False)
+                    if a.invertible or mode == "standard"})
     seen = set()
     for family in FILES:
-        for (xd, pd), act, t, idx64 in itertools.product(
-                DTYPE_PAIRS, acts, (T_XHAT_FROM_X, T_XHAT_FROM_Y, T_Y), (False, True)):
-            key = (family, defines(family, store=xd, param=pd, act=act, t=t, idx64=idx64))
+        for (xd, pd), (act, t), idx64, vector in itertools.product(
+                DTYPE_PAIRS, pairs, (False, True), (False, True)):
+            key = (family, defines(family, store=xd, param=pd, act=act, t=t, idx64=idx64,
+                                   vector=vector))
             if key not in seen:
                 seen.add(key)
                 yield key

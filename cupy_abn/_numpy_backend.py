@@ -11,7 +11,7 @@ import numpy as np
 
 from ._activations import ACTIVATIONS
 from ._state import (BETA, COEF_A, COEF_B, COEF_K, G, INVSTD, MEAN, N_COEF, N_ROWS, SCALE,
-                     T_XHAT_FROM_X, T_XHAT_FROM_Y, T_Y, VAR)
+                     T_U, T_XHAT_FROM_X, T_XHAT_FROM_Y, VAR)
 
 
 def accum_dtype(dtype) -> np.dtype:
@@ -76,6 +76,12 @@ class NumpyBackend:
             running_var[...] = decay * running_var.astype(acc) + (1 - decay) * unbiased
         return stats
 
+    def train_stats(self, x, gamma, beta, running_mean, running_var, *, eps, decay,
+                    abs_gamma):
+        """Statistics of a training forward without a synchronization hook."""
+        return self.channel_train(*self.moments(x), gamma, beta, running_mean, running_var,
+                                  eps=eps, decay=decay, abs_gamma=abs_gamma)
+
     def channel_eval(self, gamma, beta, running_mean, running_var, *, eps, abs_gamma, acc):
         stats = np.empty((N_ROWS, gamma.shape[0]), dtype=acc)
         stats[MEAN] = running_mean
@@ -120,46 +126,44 @@ class NumpyBackend:
             tt *= col(INVSTD)
         elif t == T_XHAT_FROM_Y:
             tt = (act.inverse(z3, p) - col(BETA)) / col(G)
-        else:
-            tt = act.inverse(z3, p)
-        return dy, tt
+        else:   # T_U: u = y - beta, not y (sum dy*y - beta*sum dy cancels for small gamma)
+            tt = act.inverse(z3, p) - col(BETA)
+        return dy, tt, stats, t
 
     def grad_sums(self, terms):
         """Per-channel partial sums ``(sum dy, sum dy * t)``, each ``(C, 1)``."""
-        dy, tt = terms
+        dy, tt = terms[:2]
         acc = dy.dtype
         return (dy.sum(axis=(0, 2), dtype=acc)[:, None],
                 (dy * tt).sum(axis=(0, 2), dtype=acc)[:, None])
+
+    def grad_coefficients(self, terms, gamma, *, m, training, abs_gamma):
+        """dgamma, dbeta and the coefficients of dx without a synchronization hook."""
+        _, _, stats, t = terms
+        return self.channel_backward(*self.grad_sums(terms), stats, gamma, m=m, t=t,
+                                     training=training, abs_gamma=abs_gamma)
 
     def channel_backward(self, sum_dy, sum_dy_t, stats, gamma, *, m, t, training, abs_gamma):
         """dL/dgamma, dL/dbeta and the coefficients of dx = (dy - t*A - B) * K."""
         acc = stats.dtype
         sdy = sum_dy.sum(axis=1)
         sdt = sum_dy_t.sum(axis=1)
-        g, beta = stats[G], stats[BETA]
+        g = stats[G]
         coef = np.zeros((N_COEF, g.shape[0]), dtype=acc)
         coef[COEF_K] = g * stats[INVSTD]
-        if t == T_Y:
-            dldg = (sdt - beta * sdy) / g
-        else:
-            dldg = sdt
+        dldg = sdt / g if t == T_U else sdt
         if training:
             m = acc.type(m)
-            if t == T_Y:
-                coef[COEF_A] = dldg / (g * m)
-                # SPEC.md (and the paper's supplement) print "+ beta/g * dL/dg" here; expanding
-                # xhat = (y - beta) / g in the INPLACE-ABN I formula gives "-", which is what
-                # makes II equal the textbook gradient (tests/test_numpy_backend.py checks it).
-                coef[COEF_B] = (sdy - beta / g * dldg) / m
-            else:
-                coef[COEF_A] = sdt / m
-                coef[COEF_B] = sdy / m
+            # INPLACE-ABN II in SPEC.md's stable form: t = u = g * xhat, so dL/dg = sum dy*u / g
+            # and the u term of dx carries one more 1/g.
+            coef[COEF_A] = dldg / (g * m) if t == T_U else sdt / m
+            coef[COEF_B] = sdy / m
         dgamma = dldg * _sign(gamma, acc) if abs_gamma else dldg
         return dgamma, sdy, coef
 
     def grad_input(self, terms, coef, dx):
         """dx = (dy - t * A - B) * K, written into ``dx`` (which may be ``dz``)."""
-        dy, tt = terms
+        dy, tt = terms[:2]
         col = lambda row: coef[row][None, :, None]  # noqa: E731
         # dy is this backward's own temporary; tt may be a view of z (identity, mode II).
         np.subtract(dy, tt * col(COEF_A), out=dy)

@@ -46,6 +46,17 @@ class OpenCLRuntime:
             return a
         return cla.to_device(self.queue, np.ascontiguousarray(a.get()))
 
+    def aligned(self, a, nbytes: int) -> bool:
+        """Whether ``a`` starts on an ``nbytes`` boundary of its buffer (OpenCL buffers are
+        aligned far beyond 16 bytes, CL_DEVICE_MEM_BASE_ADDR_ALIGN)."""
+        return a.offset % nbytes == 0
+
+    def occupancy(self, fn, block: int) -> int:
+        """Blocks of ``block`` work-items resident per compute unit, by the thread limit of
+        a CUDA multiprocessor (2048): a CPU has no occupancy of its own, and the launch logic
+        under test should size grids as it does on a GPU."""
+        return max(1, 2048 // int(block))
+
     def function(self, family: str, entry: str, defines: Tuple[str, ...]):
         src = K.source(family, "opencl")
         key = (self.context.int_ptr, family, src, defines, entry)

@@ -22,7 +22,7 @@ N_COEF = 3
 # What the backward kernels use as ``t`` (SPEC.md, "Backward").
 T_XHAT_FROM_X = 0   # plain ABN: xhat = (x - mean) * invstd
 T_XHAT_FROM_Y = 1   # INPLACE-ABN I and evaluation: xhat = (y - beta) / g
-T_Y = 2             # INPLACE-ABN II: y itself
+T_U = 2             # INPLACE-ABN II: u = y - beta (= g * xhat), no division per element
 
 
 def t_kind(mode: str, training: bool) -> int:
@@ -30,7 +30,7 @@ def t_kind(mode: str, training: bool) -> int:
     if mode == "standard":
         return T_XHAT_FROM_X
     if mode == "inplace" and training:
-        return T_Y
+        return T_U
     return T_XHAT_FROM_Y
 
 

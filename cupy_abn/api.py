@@ -85,12 +85,13 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
     abs_gamma = mode != "standard"
     size = x.size
     m = global_count if global_count is not None else size // x.shape[1]
-    if training:
+    if training and combine_moments is None:   # reduction and finish: one launch on a GPU
+        stats = be.train_stats(x, gamma, beta, running_mean, running_var, eps=eps, decay=decay,
+                               abs_gamma=abs_gamma)
+    elif training:   # the partials cross processes between the reduction and its finish
         partials = be.moments(x) if size else _empty_moments(be, x)
-        if combine_moments is not None:
-            partials = combine_moments(*partials)
-        stats = be.channel_train(*partials, gamma, beta, running_mean, running_var, eps=eps,
-                                 decay=decay, abs_gamma=abs_gamma)
+        stats = be.channel_train(*combine_moments(*partials), gamma, beta, running_mean,
+                                 running_var, eps=eps, decay=decay, abs_gamma=abs_gamma)
     else:
         stats = be.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
                                 abs_gamma=abs_gamma, acc=accum_dtype(x.dtype))
@@ -153,17 +154,21 @@ def _backward(be, saved, z, grad_output, out, combine_sums):
     t = t_kind(saved.mode, saved.training)
     grad_output = be.ascontiguous(grad_output)
     size = z.size
+    abs_gamma = saved.mode != "standard"
     if size:
         terms = be.backward_terms(z, grad_output, saved.x, saved.stats, saved.activation,
                                   saved.activation_param, t)
-        sums = be.grad_sums(terms)
-    else:
-        sums = _empty_moments(be, z)[1:3]
-    if combine_sums is not None:
-        sums = combine_sums(*sums)
-    dgamma, dbeta, coef = be.channel_backward(*sums, saved.stats, saved.gamma, m=saved.m, t=t,
-                                              training=saved.training,
-                                              abs_gamma=saved.mode != "standard")
+    if size and combine_sums is None:   # reduction and finish: one launch on a GPU
+        dgamma, dbeta, coef = be.grad_coefficients(terms, saved.gamma, m=saved.m,
+                                                   training=saved.training,
+                                                   abs_gamma=abs_gamma)
+    else:   # the partial sums cross processes between the reduction and its finish
+        sums = be.grad_sums(terms) if size else _empty_moments(be, z)[1:3]
+        if combine_sums is not None:
+            sums = combine_sums(*sums)
+        dgamma, dbeta, coef = be.channel_backward(*sums, saved.stats, saved.gamma, m=saved.m,
+                                                  t=t, training=saved.training,
+                                                  abs_gamma=abs_gamma)
     dx = be.empty_like(z) if out is None else out
     if size:
         be.grad_input(terms, coef, dx)

@@ -1,67 +1,93 @@
-/* Per-(channel, block) moments of x viewed as (N, C, S): Welford over a slice of the channel,
- * then a tree merge in shared memory with Chan's formula.
+/* Training statistics of x viewed as (N, C, S), S = row_len packs of VEC elements.
  *
- * Grid: C * B blocks, block b of channel c = BLOCK_ID % B, BLOCK_ID / B.  Block b takes the
- * channel's elements j = (b * BLOCK_SIZE + THREAD_ID) + k * B * BLOCK_SIZE (j = n * S + s).
- * The data are shifted by the channel's first element x[0, c, 0] before the sums, so a mean of
- * 1e4 with std 1e-2 in float32 keeps an accurate variance.  Out: count, mean (of x - shift)
- * and m2 at [c * B + b], and shift[c].  Needs: storage.h with STORE_BITS, ACC_BITS, IDX64. */
+ * Grid: C * B blocks; block b of channel c = BLOCK_ID % B, BLOCK_ID / B takes the channel's
+ * packs j = b * BLOCK_SIZE + THREAD_ID + k * B * BLOCK_SIZE (j = n * row_len + s), UNROLL
+ * packs in flight per thread.  No division per element: each thread keeps shifted sums
+ * sum(d), sum(d^2) with d = x - x[0, c, 0] (one accumulator pair per lane of a pack), turns
+ * them into (count, mean, M2) once, and the block merges those with Chan's formula.  The shift
+ * keeps a mean of 1e4 with std 1e-2 accurate in float32.
+ * Out: (count, mean of x - shift, M2) at [c * B + b] and shift[c].  With finish != 0 the last
+ * block of a channel to arrive merges its B partials in order b = 0 .. B-1 and writes stats
+ * (channel_stats.cuh): the training forward is this launch and normalize_activate.
+ * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), channel_reduce.cuh,
+ * channel_stats.cuh. */
+#define UNROLL (VEC == 1 ? 8 : 4)
 
-/* (n_a, mean_a, m2_a) += (n_b, mean_b, m2_b); an empty side contributes nothing. */
-DEVICE void chan_merge(acc_t *n_a, acc_t *mean_a, acc_t *m2_a, acc_t n_b, acc_t mean_b,
-                       acc_t m2_b)
-{
-    acc_t n = *n_a + n_b;
-    if (n_b == (acc_t)0) return;
-    acc_t delta = mean_b - *mean_a;
-    acc_t w = n_b / n;
-    *mean_a += delta * w;
-    *m2_a += m2_b + delta * delta * *n_a * w;
-    *n_a = n;
-}
-
-KERNEL void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t spatial,
-                            idx_t m, unsigned int blocks, GLOBAL acc_t *count,
-                            GLOBAL acc_t *mean, GLOBAL acc_t *m2, GLOBAL acc_t *shift)
+KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
+void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_len, idx_t m,
+                     unsigned int parts, GLOBAL acc_t *count, GLOBAL acc_t *mean,
+                     GLOBAL acc_t *m2, GLOBAL acc_t *shift, GLOBAL unsigned int *arrivals,
+                     int finish, GLOBAL const param_t *gamma, GLOBAL const param_t *beta,
+                     GLOBAL param_t *running_mean, GLOBAL param_t *running_var,
+                     int update_running, acc_t eps, acc_t decay, acc_t one_minus_decay,
+                     int abs_gamma, GLOBAL acc_t *stats)
 {
     SHARED acc_t s_n[MAX_BLOCK];
     SHARED acc_t s_mean[MAX_BLOCK];
     SHARED acc_t s_m2[MAX_BLOCK];
     const unsigned int tid = THREAD_ID;
-    const unsigned int c = BLOCK_ID / blocks;
-    const unsigned int b = BLOCK_ID % blocks;
-    const idx_t plane = (idx_t)channels * spatial;
-    const GLOBAL store_t *xc = x + (idx_t)c * spatial;
+    const unsigned int c = BLOCK_ID / parts;
+    const unsigned int b = BLOCK_ID - c * parts;
+    const idx_t plane = (idx_t)channels * row_len;
+    GLOBAL const store_t *xc = x + (idx_t)c * row_len * VEC;
     const acc_t sh = LOAD_X(xc, 0);
 
-    acc_t n = 0, mu = 0, q = 0;
-    const idx_t stride = (idx_t)blocks * BLOCK_SIZE;
-    walk_t w = walk_start((idx_t)b * BLOCK_SIZE + tid, stride, spatial);
-    for (idx_t j = (idx_t)b * BLOCK_SIZE + tid; j < m; j += stride, walk_step(&w)) {
-        const acc_t d = LOAD_X(xc, w.row * plane + w.col) - sh;
-        n += (acc_t)1;
-        const acc_t delta = d - mu;
-        mu += delta / n;
-        q += delta * (d - mu);
-    }
-    s_n[tid] = n;
-    s_mean[tid] = mu;
-    s_m2[tid] = q;
-    BARRIER();
-    for (unsigned int half_size = BLOCK_SIZE / 2; half_size > 0; half_size >>= 1) {
-        if (tid < half_size) {
-            chan_merge(&n, &mu, &q, s_n[tid + half_size], s_mean[tid + half_size],
-                       s_m2[tid + half_size]);
-            s_n[tid] = n;
-            s_mean[tid] = mu;
-            s_m2[tid] = q;
+    acc_t s1[VEC], s2[VEC];
+    for (int k = 0; k < VEC; ++k) s1[k] = s2[k] = 0;
+    unsigned int packs = 0;
+    const idx_t stride = (idx_t)parts * BLOCK_SIZE;
+    idx_t j = (idx_t)b * BLOCK_SIZE + tid;
+    walk_t w = walk_start(j, stride, row_len);
+    for (; j + (UNROLL - 1) * stride < m; j += UNROLL * stride) {
+        acc_t v[UNROLL][VEC];
+        for (int u = 0; u < UNROLL; ++u) {
+            load_pack(xc, w.row * plane + w.col, v[u]);
+            walk_step(&w);
         }
-        BARRIER();
+        for (int u = 0; u < UNROLL; ++u)
+            for (int k = 0; k < VEC; ++k) {
+                const acc_t d = v[u][k] - sh;
+                s1[k] += d;
+                s2[k] += d * d;
+            }
+        packs += UNROLL;
     }
-    if (tid == 0) {
-        count[(idx_t)c * blocks + b] = n;
-        mean[(idx_t)c * blocks + b] = mu;
-        m2[(idx_t)c * blocks + b] = q;
-        if (b == 0) shift[c] = sh;
+    for (; j < m; j += stride) {
+        acc_t v[VEC];
+        load_pack(xc, w.row * plane + w.col, v);
+        walk_step(&w);
+        for (int k = 0; k < VEC; ++k) {
+            const acc_t d = v[k] - sh;
+            s1[k] += d;
+            s2[k] += d * d;
+        }
+        packs += 1;
+    }
+    acc_t sum1 = 0, sum2 = 0;
+    for (int k = 0; k < VEC; ++k) {
+        sum1 += s1[k];
+        sum2 += s2[k];
+    }
+    acc_t n = (acc_t)(packs * VEC), mu = 0, q = 0;
+    if (packs != 0) {
+        mu = sum1 / n;
+        q = sum2 - sum1 * mu;
+        q = q > (acc_t)0 ? q : (acc_t)0;   /* rounding can leave a tiny negative */
+    }
+    block_merge_moments(s_n, s_mean, s_m2, &n, &mu, &q);
+    if (tid != 0) return;
+    const unsigned int at = c * parts + b;
+    publish(count + at, n);
+    publish(mean + at, mu);
+    publish(m2 + at, q);
+    if (b == 0) shift[c] = sh;
+    if (finish && arrived_last(arrivals, c, parts)) {
+        channel_params p;
+        p.gamma = gamma;
+        p.beta = beta;
+        p.running_mean = running_mean;
+        p.running_var = running_var;
+        finish_train(count, mean, m2, parts, c, channels, sh, p, update_running, eps, decay,
+                     one_minus_decay, abs_gamma, stats);
     }
 }

@@ -1,29 +1,52 @@
 /* Elementwise backward: dx = (dy - t * A - B) * K with the per-channel coefficients of
- * channel_backward.cu, dy and t recomputed from z (grad_terms.cuh).  dx may be dz: each
- * element is read, then written, by the same thread.  Grid-stride loop over all elements.
- * Needs: storage.h (STORE_BITS, ACC_BITS, IDX64), activation.cuh, T_KIND. */
-KERNEL void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz,
-                       GLOBAL const store_t *x, GLOBAL const acc_t *stats,
-                       GLOBAL const acc_t *coef, unsigned int channels, idx_t spatial,
-                       idx_t numel, acc_t param, GLOBAL store_t *dx)
+ * channel_grads.cuh, dy and t rebuilt from z (grad_terms.cuh).  Rows, row_threads and UNROLL
+ * as in normalize_activate.cu: the channel's five coefficients are fetched once per row.  dx
+ * may be dz: each pack is read, then written, by the same thread.
+ * Needs: storage.h (STORE_BITS, ACC_BITS, IDX64, VEC), activation.cuh, grad_terms.cuh,
+ * T_KIND. */
+#define UNROLL (VEC == 1 ? 4 : 2)
+
+KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
+void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const store_t *x,
+                GLOBAL const acc_t *coef, unsigned int channels, idx_t row_len, idx_t rows,
+                unsigned int row_threads, acc_t param, acc_t rparam, GLOBAL store_t *dx)
 {
-    const idx_t stride = (idx_t)GRID_SIZE * BLOCK_SIZE;
-    const idx_t start = (idx_t)BLOCK_ID * BLOCK_SIZE + THREAD_ID;
-    /* rows n * C + c of length spatial: track c and the column, no division per step */
-    walk_t w = walk_start(start, stride, spatial);
-    unsigned int c = (unsigned int)(w.row % channels);
-    const unsigned int dc = (unsigned int)(w.d_row % channels);
-    for (idx_t i = start; i < numel; i += stride) {
-        acc_t dy, t;
-        grad_terms(z, dz, x, stats, channels, c, i, param, &dy, &t);
-        STORE_X(dx, i, (dy - t * coef[COEF_A * channels + c] - coef[COEF_B * channels + c])
-                           * coef[COEF_K * channels + c]);
-        w.col += w.d_col;
-        c += dc;
-        if (w.col >= spatial) {
-            w.col -= spatial;
-            c += 1;
+    const unsigned int lane = THREAD_ID & (row_threads - 1);
+    const unsigned int rows_per_block = BLOCK_SIZE / row_threads;
+    const idx_t row_step = (idx_t)GRID_SIZE * rows_per_block;
+    idx_t r = (idx_t)BLOCK_ID * rows_per_block + THREAD_ID / row_threads;
+    unsigned int c = (unsigned int)(r % channels);
+    const unsigned int dc = (unsigned int)(row_step % channels);
+    for (; r < rows; r += row_step) {
+        const acc_t ca = coef[COEF_A * channels + c];
+        const acc_t cb = coef[COEF_B * channels + c];
+        const acc_t ck = coef[COEF_K * channels + c];
+        const acc_t t_shift = coef[COEF_T0 * channels + c];
+        const acc_t t_scale = coef[COEF_T1 * channels + c];
+        const idx_t base = r * row_len;
+        for (idx_t j = lane; j < row_len; j += UNROLL * row_threads) {
+            acc_t vz[UNROLL][VEC], vdz[UNROLL][VEC], vx[UNROLL][VEC];
+            for (int u = 0; u < UNROLL; ++u)
+                if (j + u * row_threads < row_len) {
+                    const idx_t i = base + j + u * row_threads;
+                    load_pack(z, i, vz[u]);
+                    load_pack(dz, i, vdz[u]);
+#if T_KIND == T_XHAT_FROM_X
+                    load_pack(x, i, vx[u]);
+#endif
+                }
+            for (int u = 0; u < UNROLL; ++u)
+                if (j + u * row_threads < row_len) {
+                    for (int k = 0; k < VEC; ++k) {
+                        acc_t dy, t;
+                        grad_terms(vz[u][k], vdz[u][k], vx[u][k], param, rparam, t_shift,
+                                   t_scale, &dy, &t);
+                        vz[u][k] = (dy - t * ca - cb) * ck;
+                    }
+                    store_pack(dx, base + j + u * row_threads, vz[u]);
+                }
         }
-        if (c >= channels) c -= channels;   /* c + dc + 1 < 2 * channels */
+        c += dc;
+        if (c >= channels) c -= channels;
     }
 }

@@ -1,44 +1,84 @@
-/* Per-(channel, block) partial sums of dy and dy * t over a slice of the channel, with dy and
- * t recomputed per element from z (grad_terms.cuh).  Same grid and slicing as
- * channel_moments.cu: C * B blocks, outputs at [c * B + b].  Plain sums: tree reduction in
- * shared memory.  Needs: storage.h (STORE_BITS, ACC_BITS, IDX64), activation.cuh, T_KIND. */
-KERNEL void grad_sums(GLOBAL const store_t *z, GLOBAL const store_t *dz,
-                      GLOBAL const store_t *x, GLOBAL const acc_t *stats,
-                      unsigned int channels, idx_t spatial, idx_t m, unsigned int blocks,
-                      acc_t param, GLOBAL acc_t *sum_dy, GLOBAL acc_t *sum_dy_t)
+/* Per-(channel, block) partial sums of dy and dy * t over a slice of the channel, dy and t
+ * rebuilt per element from z (grad_terms.cuh).  Same grid, walk and UNROLL-deep pack loads as
+ * channel_moments.cu; x is read only for plain ABN (T_XHAT_FROM_X).  Outputs at [c * B + b];
+ * with finish != 0 the last block of a channel to arrive writes dgamma, dbeta and the
+ * coefficients of grad_input.cu (channel_grads.cuh): the backward is this launch and
+ * grad_input.  Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC),
+ * activation.cuh, channel_reduce.cuh, grad_terms.cuh, channel_grads.cuh, T_KIND. */
+#define UNROLL (VEC == 1 ? 4 : 2)
+
+DEVICE void load_terms(GLOBAL const store_t *z, GLOBAL const store_t *dz,
+                       GLOBAL const store_t *x, idx_t i, acc_t *vz, acc_t *vdz, acc_t *vx)
+{
+    load_pack(z, i, vz);
+    load_pack(dz, i, vdz);
+#if T_KIND == T_XHAT_FROM_X
+    load_pack(x, i, vx);
+#endif
+}
+
+KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
+void grad_sums(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const store_t *x,
+               GLOBAL const acc_t *stats, unsigned int channels, idx_t row_len, idx_t m,
+               unsigned int parts, acc_t param, acc_t rparam, GLOBAL acc_t *sum_dy,
+               GLOBAL acc_t *sum_dy_t, GLOBAL unsigned int *arrivals, int finish,
+               GLOBAL const param_t *gamma, acc_t m_count, int training, int abs_gamma,
+               GLOBAL param_t *dgamma, GLOBAL param_t *dbeta, GLOBAL acc_t *coef)
 {
     SHARED acc_t s_dy[MAX_BLOCK];
     SHARED acc_t s_dyt[MAX_BLOCK];
     const unsigned int tid = THREAD_ID;
-    const unsigned int c = BLOCK_ID / blocks;
-    const unsigned int b = BLOCK_ID % blocks;
-    const idx_t plane = (idx_t)channels * spatial;
-    const idx_t base = (idx_t)c * spatial;
+    const unsigned int c = BLOCK_ID / parts;
+    const unsigned int b = BLOCK_ID - c * parts;
+    const idx_t plane = (idx_t)channels * row_len;
+    const idx_t first = (idx_t)c * row_len * VEC;
+    GLOBAL const store_t *zc = z + first;
+    GLOBAL const store_t *dzc = dz + first;
+    GLOBAL const store_t *xc = x + first;
+    acc_t t_shift, t_scale;
+    t_constants(stats, c, channels, &t_shift, &t_scale);
 
-    acc_t a = 0, at = 0;
-    const idx_t stride = (idx_t)blocks * BLOCK_SIZE;
-    walk_t w = walk_start((idx_t)b * BLOCK_SIZE + tid, stride, spatial);
-    for (idx_t j = (idx_t)b * BLOCK_SIZE + tid; j < m; j += stride, walk_step(&w)) {
-        const idx_t i = base + w.row * plane + w.col;
-        acc_t dy, t;
-        grad_terms(z, dz, x, stats, channels, c, i, param, &dy, &t);
-        a += dy;
-        at += dy * t;
-    }
-    s_dy[tid] = a;
-    s_dyt[tid] = at;
-    BARRIER();
-    for (unsigned int half_size = BLOCK_SIZE / 2; half_size > 0; half_size >>= 1) {
-        if (tid < half_size) {
-            a += s_dy[tid + half_size];
-            at += s_dyt[tid + half_size];
-            s_dy[tid] = a;
-            s_dyt[tid] = at;
+    acc_t a[VEC], at[VEC];
+    for (int k = 0; k < VEC; ++k) a[k] = at[k] = 0;
+    const idx_t stride = (idx_t)parts * BLOCK_SIZE;
+    idx_t j = (idx_t)b * BLOCK_SIZE + tid;
+    walk_t w = walk_start(j, stride, row_len);
+    for (; j + (UNROLL - 1) * stride < m; j += UNROLL * stride) {
+        acc_t vz[UNROLL][VEC], vdz[UNROLL][VEC], vx[UNROLL][VEC];
+        for (int u = 0; u < UNROLL; ++u) {
+            load_terms(zc, dzc, xc, w.row * plane + w.col, vz[u], vdz[u], vx[u]);
+            walk_step(&w);
         }
-        BARRIER();
+        for (int u = 0; u < UNROLL; ++u)
+            for (int k = 0; k < VEC; ++k) {
+                acc_t dy, t;
+                grad_terms(vz[u][k], vdz[u][k], vx[u][k], param, rparam, t_shift, t_scale,
+                           &dy, &t);
+                a[k] += dy;
+                at[k] += dy * t;
+            }
     }
-    if (tid == 0) {
-        sum_dy[(idx_t)c * blocks + b] = a;
-        sum_dy_t[(idx_t)c * blocks + b] = at;
+    for (; j < m; j += stride) {
+        acc_t vz[VEC], vdz[VEC], vx[VEC];
+        load_terms(zc, dzc, xc, w.row * plane + w.col, vz, vdz, vx);
+        walk_step(&w);
+        for (int k = 0; k < VEC; ++k) {
+            acc_t dy, t;
+            grad_terms(vz[k], vdz[k], vx[k], param, rparam, t_shift, t_scale, &dy, &t);
+            a[k] += dy;
+            at[k] += dy * t;
+        }
     }
+    acc_t sdy = 0, sdt = 0;
+    for (int k = 0; k < VEC; ++k) {
+        sdy += a[k];
+        sdt += at[k];
+    }
+    block_sum2(s_dy, s_dyt, &sdy, &sdt);
+    if (tid != 0) return;
+    publish(sum_dy + c * parts + b, sdy);
+    publish(sum_dy_t + c * parts + b, sdt);
+    if (finish && arrived_last(arrivals, c, parts))
+        finish_grads(sum_dy, sum_dy_t, parts, c, channels, stats, gamma, m_count, training,
+                     abs_gamma, dgamma, dbeta, coef);
 }

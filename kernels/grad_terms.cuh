@@ -1,18 +1,32 @@
-/* dy and t of one element, recomputed from z (and x for plain ABN), never materialized:
- *   dy = dz * phi'(z);  t = (x - mean) * invstd | (phi_inv(z) - beta) / g | phi_inv(z)
- * as selected by T_KIND.  Shared by grad_sums.cu and grad_input.cu. */
-DEVICE void grad_terms(GLOBAL const store_t *z, GLOBAL const store_t *dz,
-                       GLOBAL const store_t *x, GLOBAL const acc_t *stats,
-                       unsigned int channels, unsigned int c, idx_t i, acc_t param,
-                       acc_t *dy, acc_t *t)
+/* dy and t of one element, rebuilt from z (and x for plain ABN), never materialized:
+ *   dy = dz * phi'(z)
+ *   t  = (src - t_shift) * t_scale, src = x (T_XHAT_FROM_X) or phi_inv(z) (otherwise):
+ *        T_XHAT_FROM_X  (x - mean) * invstd
+ *        T_XHAT_FROM_Y  (y - beta) * (1 / g)
+ *        T_U            y - beta  (INPLACE-ABN II: u = g * xhat; t_scale is not applied)
+ * The per-channel constants come from stats in grad_sums.cu (t_constants, once per thread)
+ * and from the coefficient rows in grad_input.cu.  Needs: storage.h, activation.cuh, T_KIND. */
+DEVICE void grad_terms(acc_t z, acc_t dz, acc_t x, acc_t param, acc_t rparam, acc_t t_shift,
+                       acc_t t_scale, acc_t *dy, acc_t *t)
 {
-    const acc_t zi = LOAD_X(z, i);
-    *dy = LOAD_X(dz, i) * act_deriv(zi, param);
+    *dy = dz * act_deriv(z, param);
 #if T_KIND == T_XHAT_FROM_X
-    *t = (LOAD_X(x, i) - stats[ROW_MEAN * channels + c]) * stats[ROW_INVSTD * channels + c];
+    *t = (x - t_shift) * t_scale;
 #elif T_KIND == T_XHAT_FROM_Y
-    *t = (act_inverse(zi, param) - stats[ROW_BETA * channels + c]) / stats[ROW_G * channels + c];
+    *t = (act_inverse(z, param, rparam) - t_shift) * t_scale;
 #else
-    *t = act_inverse(zi, param);
+    *t = act_inverse(z, param, rparam) - t_shift;
+#endif
+}
+
+DEVICE void t_constants(GLOBAL const acc_t *stats, unsigned int c, unsigned int channels,
+                        acc_t *t_shift, acc_t *t_scale)
+{
+#if T_KIND == T_XHAT_FROM_X
+    *t_shift = stats[ROW_MEAN * channels + c];
+    *t_scale = stats[ROW_INVSTD * channels + c];
+#else
+    *t_shift = stats[ROW_BETA * channels + c];
+    *t_scale = (acc_t)1 / stats[ROW_G * channels + c];
 #endif
 }

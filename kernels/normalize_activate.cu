@@ -1,28 +1,39 @@
-/* Elementwise forward: out = phi((x - mean) * scale + beta), per channel of x as (N, C, S).
- * out may be x (in place): each element is read, then written, by the same thread.
- * Grid-stride loop over all elements.  Needs: storage.h with STORE_BITS, ACC_BITS, IDX64;
- * activation.cuh. */
-KERNEL void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out,
-                               GLOBAL const acc_t *stats, unsigned int channels,
-                               idx_t spatial, idx_t numel, acc_t param)
+/* Elementwise forward: out = phi((x - mean) * scale + beta), x viewed as rows n * C + c of
+ * row_len packs.  row_threads threads (a power of two) share a row, so the channel and its
+ * three constants are fetched once per row and stay in registers; UNROLL packs per thread are
+ * in flight.  out may be x (in place): each pack is read, then written, by the same thread.
+ * Needs: storage.h (STORE_BITS, ACC_BITS, IDX64, VEC), activation.cuh. */
+#define UNROLL (VEC == 1 ? 8 : 4)
+
+KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
+void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out,
+                        GLOBAL const acc_t *stats, unsigned int channels, idx_t row_len,
+                        idx_t rows, unsigned int row_threads, acc_t param)
 {
-    const idx_t stride = (idx_t)GRID_SIZE * BLOCK_SIZE;
-    const idx_t start = (idx_t)BLOCK_ID * BLOCK_SIZE + THREAD_ID;
-    /* rows n * C + c of length spatial: track c and the column, no division per step */
-    walk_t w = walk_start(start, stride, spatial);
-    unsigned int c = (unsigned int)(w.row % channels);
-    const unsigned int dc = (unsigned int)(w.d_row % channels);
-    for (idx_t i = start; i < numel; i += stride) {
-        acc_t y = LOAD_X(x, i) - stats[ROW_MEAN * channels + c];
-        y *= stats[ROW_SCALE * channels + c];
-        y += stats[ROW_BETA * channels + c];
-        STORE_X(out, i, act_forward(y, param));
-        w.col += w.d_col;
-        c += dc;
-        if (w.col >= spatial) {
-            w.col -= spatial;
-            c += 1;
+    const unsigned int lane = THREAD_ID & (row_threads - 1);
+    const unsigned int rows_per_block = BLOCK_SIZE / row_threads;
+    const idx_t row_step = (idx_t)GRID_SIZE * rows_per_block;
+    idx_t r = (idx_t)BLOCK_ID * rows_per_block + THREAD_ID / row_threads;
+    /* the channel of row r, advanced with the rows: no division per row */
+    unsigned int c = (unsigned int)(r % channels);
+    const unsigned int dc = (unsigned int)(row_step % channels);
+    for (; r < rows; r += row_step) {
+        const acc_t mean = stats[ROW_MEAN * channels + c];
+        const acc_t scale = stats[ROW_SCALE * channels + c];
+        const acc_t beta = stats[ROW_BETA * channels + c];
+        const idx_t base = r * row_len;
+        for (idx_t j = lane; j < row_len; j += UNROLL * row_threads) {
+            acc_t v[UNROLL][VEC];
+            for (int u = 0; u < UNROLL; ++u)
+                if (j + u * row_threads < row_len) load_pack(x, base + j + u * row_threads, v[u]);
+            for (int u = 0; u < UNROLL; ++u)
+                if (j + u * row_threads < row_len) {
+                    for (int k = 0; k < VEC; ++k)
+                        v[u][k] = act_forward((v[u][k] - mean) * scale + beta, param);
+                    store_pack(out, base + j + u * row_threads, v[u]);
+                }
         }
-        if (c >= channels) c -= channels;   /* c + dc + 1 < 2 * channels */
+        c += dc;
+        if (c >= channels) c -= channels;
     }
 }

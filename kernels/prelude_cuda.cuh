@@ -5,11 +5,18 @@
 #define DEVICE __device__ __forceinline__
 #define GLOBAL
 #define SHARED __shared__
+#define SHARED_PTR   /* address space of a pointer into SHARED: generic in CUDA */
 #define BARRIER() __syncthreads()
 #define THREAD_ID ((unsigned int)threadIdx.x)
 #define BLOCK_ID ((unsigned int)blockIdx.x)
 #define BLOCK_SIZE ((unsigned int)blockDim.x)
 #define GRID_SIZE ((unsigned int)gridDim.x)
+/* Caps registers so that MIN_BLOCKS blocks of MAX_THREADS fit on a multiprocessor. */
+#define LAUNCH_BOUNDS(max_threads, min_blocks) __launch_bounds__(max_threads, min_blocks)
+/* Inter-block hand-off of the reductions (reduce_block.cuh): a block publishes its partial,
+ * fences, then counts itself in; the last block to arrive reads every partial. */
+#define FENCE_GLOBAL() __threadfence()
+#define ATOMIC_INC(p) atomicAdd((p), 1u)
 #define F32_FN(name) name##f
 typedef long long int64_type;
 typedef unsigned long long uint64_type;
@@ -32,3 +39,6 @@ DEVICE half_storage float_to_half(float f)
 
 #define LOAD_HALF(p, i) half_to_float((p)[i])
 #define STORE_HALF(p, i, v) ((p)[i] = float_to_half((float)(v)))
+
+/* 16-byte packs (storage.h): one LDG.128/STG.128 moves VEC elements. */
+#define PACK_ACCESS_CUDA 1

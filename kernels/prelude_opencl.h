@@ -7,11 +7,15 @@
 #define DEVICE static inline
 #define GLOBAL __global
 #define SHARED __local
+#define SHARED_PTR __local   /* address space of a pointer into SHARED */
 #define BARRIER() barrier(CLK_LOCAL_MEM_FENCE)
 #define THREAD_ID ((unsigned int)get_local_id(0))
 #define BLOCK_ID ((unsigned int)get_group_id(0))
 #define BLOCK_SIZE ((unsigned int)get_local_size(0))
 #define GRID_SIZE ((unsigned int)get_num_groups(0))
+#define LAUNCH_BOUNDS(max_threads, min_blocks)
+#define FENCE_GLOBAL() mem_fence(CLK_GLOBAL_MEM_FENCE)
+#define ATOMIC_INC(p) atomic_inc(p)
 #define F32_FN(name) name
 typedef long int64_type;
 typedef ulong uint64_type;
@@ -20,3 +24,6 @@ typedef half half_storage;
 
 #define LOAD_HALF(p, i) vload_half((i), (p))
 #define STORE_HALF(p, i, v) vstore_half((float)(v), (i), (p))
+
+/* Packs of VEC elements (storage.h) through vloadn/vstoren into a private array. */
+#define PACK_ACCESS_OPENCL 1
