@@ -1,0 +1,1 @@
+"""Benchmarks of cupy-abn (run as scripts, or as packages: python -m benchmarks.static)."""

@@ -1,0 +1,268 @@
+"""Compile every variant of the checkout this process imports and read its cubins; record the
+benchmark passes' launches and model them.  Produces the report dict of one source tree
+(``benchmarks/static/__init__.py`` documents its schema)."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import multiprocessing as mp
+import os
+import subprocess
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from cupy_abn import _kernel_source as K
+from cupy_abn import _nvrtc, _occupancy
+
+from . import launches as L
+from . import model
+from . import sass as S
+
+SHAPES = ((64, 112, 112), (256, 56, 56), (512, 28, 28), (2048, 7, 7))
+BATCH = 32
+DTYPES = ("float32", "float16")
+MODES = ("inplace", "inplace_v1", "standard")
+PRIMARY = (13, 90)          # NVRTC major, sm: what CuPy 14 for CUDA 13 builds on an H100
+# Minimal traffic of a pass, in tensors of S = N*C*H*W elements moved through DRAM.
+MINIMAL_TENSORS = {"forward_train": 3, "forward_eval": 2, "backward": 5}
+
+
+def _analyse(job) -> dict:
+    """Compile one variant for one target; registers, spills and shared memory of its cubin
+    (runs in a worker process).  The SASS (slow: ~1 s per cubin) is read by ``_read_sass``,
+    only for the variants the passes launch."""
+    major, family, defines, target = job
+    res = _nvrtc.compile_variant(_nvrtc.load(major), family, defines, target)
+    out = {"major": major, "target": target.name, "kind": target.kind, "family": family,
+           "defines": list(defines), "size": len(res.data), "kernels": {}}
+    if target.kind != "cubin":
+        return out
+    for entry, r in S.resources(res.data).items():
+        out["kernels"][entry] = {"registers": r.registers, "stack": r.stack,
+                                 "shared": r.shared, "local": r.local}
+    return out
+
+
+def _read_sass(job) -> Dict[str, dict]:
+    """Hot loops and instruction counts of every kernel of one variant's cubin."""
+    major, family, defines, target = job
+    res = _nvrtc.compile_variant(_nvrtc.load(major), family, defines, target)
+    out = {}
+    for entry, instrs in S.sass(res.data).items():
+        out[entry] = {"instructions": len(instrs),
+                      "fp64_instructions": S.fp64_instructions(instrs),
+                      "loops": [lp.as_dict() for lp in S.hot_loops(instrs)]}
+    return out
+
+
+def _pool_map(fn, jobs, progress=None, workers: Optional[int] = None) -> list:
+    workers = min(workers or os.cpu_count() or 1, max(1, len(jobs)))
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    out: list = [None] * len(jobs)
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futs = {pool.submit(fn, j): i for i, j in enumerate(jobs)}
+        for f in cf.as_completed(futs):
+            out[futs[f]] = f.result()
+            if progress:
+                progress(1)
+    return out
+
+
+def compile_all(progress=None, workers: Optional[int] = None) -> List[dict]:
+    """Every (NVRTC major, target, variant) found, compiled and its resources read."""
+    found = _nvrtc.available()
+    if not found:
+        raise OSError("no NVRTC found (pip install .[nvrtc])")
+    jobs = [(major, fam, d, t) for major, nv in found.items() for t in nv.targets()
+            for fam, d in K.all_variants()]
+    return _pool_map(_analyse, jobs, progress, workers)
+
+
+def add_sass(variants: List[dict], wanted, progress=None) -> None:
+    """Read the SASS of the sm_90 cubins of ``wanted`` (major, family, defines) into
+    ``variants`` (their kernels gain instructions, fp64_instructions and loops)."""
+    index = _index(variants)
+    target = _nvrtc.Target(PRIMARY[1], "cubin")
+    jobs = sorted({(mj, fam, tuple(d), target) for mj, fam, d in wanted
+                   if "loops" not in next(iter(index[(mj, target.name, fam, tuple(d))]
+                                                   ["kernels"].values()), {"loops": 0})},
+                  key=lambda j: (j[0], j[1], j[2]))
+    for job, got in zip(jobs, _pool_map(_read_sass, jobs, progress)):
+        kernels = index[(job[0], target.name, job[1], job[2])]["kernels"]
+        for entry, info in got.items():
+            kernels.setdefault(entry, {}).update(info)
+
+
+def _index(variants: List[dict]) -> Dict[Tuple, dict]:
+    return {(v["major"], v["target"], v["family"], tuple(v["defines"])): v for v in variants}
+
+
+def _itemsize(defines, fallback: int) -> int:
+    for d in defines:
+        if d.startswith("-DSTORE_BITS="):
+            return int(d.split("=")[1]) // 8
+    return fallback
+
+
+def _main_loop(loops: List[dict], reads: int, itemsize: int) -> Optional[dict]:
+    """The loop that streams the bulk of the tensor, with its per-element figures."""
+    best = None
+    for lp in loops:
+        if lp["store_bytes"]:
+            e = lp["store_bytes"] / itemsize
+        elif reads:
+            e = lp["load_bytes"] / (reads * itemsize)
+        else:
+            continue
+        cand = dict(lp, elements_per_iteration=e,
+                    instructions_per_element=lp["instructions"] / e,
+                    load_bytes_per_element=lp["load_bytes"] / e,
+                    store_bytes_per_element=lp["store_bytes"] / e,
+                    global_bytes_per_element=(lp["load_bytes"] + lp["store_bytes"]) / e)
+        if best is None or (e, lp["load_bytes"]) > (best["elements_per_iteration"],
+                                                    best["load_bytes"]):
+            best = cand
+    return best
+
+
+def launch_record(launch: L.Launch, variant: dict, numel: int, itemsize: int,
+                  sms: int) -> dict:
+    """One launch as the model's record (field names are the JSON schema's)."""
+    fn = launch.fn
+    k = variant["kernels"][fn.entry]
+    occ = _occupancy.blocks_per_sm(k["registers"], k["shared"], launch.block,
+                                   _occupancy.LIMITS[90])
+    bps = max(occ.blocks_per_sm, 1)
+    reads, big = L.streams(launch, numel)
+    item = _itemsize(fn.defines, itemsize)
+    loop = _main_loop(k.get("loops", []), reads, item) if big else None
+    writes = 1 if loop and loop["store_bytes"] else 0
+    streaming = loop is not None
+    elements = numel if streaming else 0
+    load_bytes = reads * numel * item if streaming else 0
+    small = L.small_bytes(launch, numel)
+    if streaming:
+        # DRAM bytes a thread has in flight: its loads of the streamed tensors in one
+        # iteration (loads of per-channel values re-read in the loop hit L1)
+        in_flight = min(loop["load_bytes"], reads * item * loop["elements_per_iteration"])
+    else:
+        in_flight = 4   # a per-channel kernel: one small load at a time
+    rec = {
+        "arch": variant["target"], "family": fn.family, "entry": fn.entry,
+        "defines": list(fn.defines),
+        "grid": launch.grid, "block": launch.block,
+        "registers": k["registers"], "shared_bytes": k["shared"], "local_bytes": k["local"],
+        "blocks_per_sm": occ.blocks_per_sm, "occupancy_limiter": occ.limiter,
+        "occupancy": occ.fraction,
+        "resident_threads_per_sm": min(bps, math.ceil(launch.grid / sms)) * launch.block,
+        "waves": _occupancy.waves(launch.grid, bps, sms),
+        "wave_efficiency": _occupancy.wave_efficiency(launch.grid, bps, sms),
+        "sms": sms, "elements": elements, "itemsize": item,
+        "tensors_read": reads if streaming else 0, "tensors_written": writes,
+        "load_bytes": load_bytes + small,
+        "bytes": load_bytes + writes * numel * item + small,
+        "minimal_bytes": (reads + writes) * numel * item if streaming else 0,
+        "instructions_per_element": loop["instructions_per_element"] if loop else 0.0,
+        "bytes_in_flight_per_thread": in_flight,
+        "vector_loads": bool(loop and loop["widest_load_bytes"] >= 8),
+        "loop": loop, "all_loops": k.get("loops", []),
+    }
+    rec["predicted_us"] = model.predict_us(rec)
+    rec["bound"] = model.bound(rec)
+    return rec
+
+
+def _pass_list(modes):
+    return [((BATCH, c, h, w), d, m, p) for (c, h, w) in SHAPES for d in DTYPES
+            for m in modes for p in L.PASSES]
+
+
+def record_launches(variants: List[dict], major: int, sms: int = model.SMS, modes=MODES
+                    ) -> List[Tuple[tuple, List[L.Launch]]]:
+    """The launches of every benchmark pass, planned with the occupancy of NVRTC ``major``'s
+    sm_90 cubins (a variant missing from ``variants`` is compiled and added)."""
+    index = _index(variants)
+    target = _nvrtc.Target(PRIMARY[1], "cubin")
+
+    def occupancy_of(fn: L.Fn, block: int) -> int:
+        key = (major, target.name, fn.family, fn.defines)
+        if key not in index:
+            v = _analyse((major, fn.family, fn.defines, target))
+            variants.append(v)
+            index[key] = v
+        k = index[key]["kernels"][fn.entry]
+        return _occupancy.blocks_per_sm(k["registers"], k["shared"], block,
+                                        _occupancy.LIMITS[90]).blocks_per_sm
+
+    rt = L.RecordingRuntime(occupancy_of, multiprocessors=sms)
+    out = []
+    for shape, dt, mode, kind in _pass_list(modes):
+        lns = L.record_pass(rt, shape, dt, mode, kind)
+        for ln in lns:
+            occupancy_of(ln.fn, ln.block)   # make sure its variant is compiled
+        out.append(((shape, dt, mode, kind), lns))
+    return out
+
+
+def build_passes(variants: List[dict], major: int, recorded, sms: int = model.SMS
+                 ) -> List[dict]:
+    """Launch records and predictions of every pass (SASS already read, ``add_sass``)."""
+    index = _index(variants)
+    target = f"sm_{PRIMARY[1]}"
+    out = []
+    for (shape, dt, mode, kind), lns in recorded:
+        numel = int(np.prod(shape))
+        item = np.dtype(dt).itemsize
+        recs = [launch_record(ln, index[(major, target, ln.fn.family, ln.fn.defines)], numel,
+                              item, sms) for ln in lns]
+        minimal = MINIMAL_TENSORS[kind] * numel * item
+        t = sum(r["predicted_us"] for r in recs)
+        out.append({"major": major, "arch": target, "shape": list(shape), "dtype": dt,
+                    "mode": mode,
+                    "pass": kind, "launches": recs, "n_launches": len(recs),
+                    "minimal_bytes": minimal, "predicted_us": t,
+                    "copy_fraction": model.copy_fraction(minimal, t),
+                    "global_bytes_per_element": sum(
+                        r["loop"]["global_bytes_per_element"] for r in recs if r["loop"]),
+                    "minimal_bytes_per_element": MINIMAL_TENSORS[kind] * item})
+    return out
+
+
+def git_describe(root: str) -> Dict[str, Any]:
+    """Commit and dirty state of the tree at ``root``."""
+    def git(*a):
+        return subprocess.run(["git", "-C", root, *a], capture_output=True,
+                              text=True).stdout.strip()
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "subject": git("log", "-1", "--format=%s")[:100],
+            "dirty_kernels": bool(git("status", "--porcelain", "--", "kernels",
+                                      "cupy_abn"))}
+
+
+def collect(root: str, progress_factory=None, modes=MODES) -> dict:
+    """The report of the tree this process imports ``cupy_abn`` from (``root``)."""
+    def bar(desc, total):
+        return progress_factory(desc, total) if progress_factory else None
+
+    found = _nvrtc.available()
+    n_jobs = sum(len(nv.targets()) for nv in found.values()) * len(list(K.all_variants()))
+    jobs_bar = bar("compile + res-usage", n_jobs)
+    variants = compile_all(jobs_bar.update if jobs_bar is not None else None)
+    if jobs_bar is not None:
+        jobs_bar.close()
+    recorded = {major: record_launches(variants, major, modes=modes) for major in found}
+    wanted = {(major, ln.fn.family, ln.fn.defines) for major, recs in recorded.items()
+              for _, lns in recs for ln in lns}
+    sass_bar = bar("SASS (cuobjdump)", len(wanted))
+    add_sass(variants, wanted, sass_bar.update if sass_bar is not None else None)
+    if sass_bar is not None:
+        sass_bar.close()
+    passes = []
+    for major in sorted(found):
+        passes += build_passes(variants, major, recorded[major])
+    return {"tree": dict(git_describe(root), root=root),
+            "nvrtc": {str(m): {"version": ".".join(map(str, nv.version)), "path": nv.path,
+                               "targets": [t.name for t in nv.targets()]}
+                      for m, nv in found.items()},
+            "variants": variants, "passes": passes}

@@ -1,0 +1,137 @@
+"""The report's JSON document, its table and its figure, from the collected trees."""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional
+
+from . import model
+from .collect import PRIMARY
+
+GOAL = 0.85
+GOAL_SMALL = 0.60          # 32x2048x7x7: launch cost dominates
+SMALL_SHAPE = [32, 2048, 7, 7]
+
+
+def _compact(tree: dict) -> dict:
+    out = dict(tree)
+    out["passes"] = [dict(p, launches=[{k: v for k, v in r.items() if k != "all_loops"}
+                                       for r in p["launches"]]) for p in tree["passes"]]
+    return out
+
+
+def _key(p: dict):
+    return (p["major"], p["pass"], tuple(p["shape"]), p["dtype"], p["mode"])
+
+
+def table(after: dict, before: Optional[dict]) -> List[dict]:
+    """One row per (NVRTC major, pass, shape, dtype, mode): before/after prediction."""
+    prev = {_key(p): p for p in before["passes"]} if before else {}
+    rows = []
+    for p in after["passes"]:
+        row = {"major": p["major"], "pass": p["pass"], "shape": p["shape"], "dtype": p["dtype"],
+               "mode": p["mode"],
+               "goal": GOAL_SMALL if p["shape"] == SMALL_SHAPE else GOAL}
+        for name, q in (("after", p), ("before", prev.get(_key(p)))):
+            if q is None:
+                continue
+            row[name] = {
+                "copy_fraction": q["copy_fraction"], "predicted_us": q["predicted_us"],
+                "n_launches": q["n_launches"],
+                "global_bytes_per_element": q["global_bytes_per_element"],
+                "launches": [{"entry": r["entry"], "grid": r["grid"], "block": r["block"],
+                              "registers": r["registers"], "waves": r["waves"],
+                              "blocks_per_sm": r["blocks_per_sm"],
+                              "instructions_per_element": r["instructions_per_element"],
+                              "vector_loads": r["vector_loads"], "bound": r["bound"],
+                              "predicted_us": r["predicted_us"]} for r in q["launches"]]}
+        rows.append(row)
+    return rows
+
+
+def report(after: dict, before: Optional[dict], elapsed_s: float) -> dict:
+    """The whole JSON document (schema in ``benchmarks/static/__init__.py``)."""
+    return {
+        "schema": 1,
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "elapsed_s": round(elapsed_s, 1),
+        "model": {"sms": model.SMS, "clock_GHz": model.CLOCK_GHZ,
+                  "schedulers": model.SCHEDULERS,
+                  "copy_bandwidth_GBps": model.COPY_BANDWIDTH_GBPS,
+                  "latency_ns": model.LATENCY_NS, "launch_us": model.LAUNCH_US,
+                  "primary": {"nvrtc_major": PRIMARY[0], "arch": f"sm_{PRIMARY[1]}"}},
+        "goal": {"copy_fraction": GOAL, "copy_fraction_7x7": GOAL_SMALL},
+        "table": table(after, before),
+        **_compact(after),                      # tree, nvrtc, variants, passes
+        "before": _compact(before) if before else None,
+    }
+
+
+def _fmt_launches(q: dict) -> str:
+    return " + ".join(f"{r['entry']}({r['registers']}r,{r['waves']:.2f}w,"
+                      f"{r['instructions_per_element']:.1f}i/e)" for r in q["launches"])
+
+
+def markdown(rep: dict, mode: str = "inplace") -> str:
+    """The before/after table of the primary compiler, for one mode."""
+    major = rep["model"]["primary"]["nvrtc_major"]
+    rows = [r for r in rep["table"] if r["major"] == major and r["mode"] == mode]
+    have_before = any("before" in r for r in rows)
+    head = ("| pass | shape | dtype | " + ("before | " if have_before else "") +
+            "after | goal | launches after (registers, waves, instructions/element) |")
+    lines = [f"Predicted fraction of copy bandwidth on an H100 (CUDA {major}, sm_90, "
+             f"mode {mode}; latency {rep['model']['latency_ns']:.0f} ns, "
+             f"copy {rep['model']['copy_bandwidth_GBps']:.0f} GB/s)", "", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        shape = "x".join(map(str, r["shape"]))
+        b = f"{r['before']['copy_fraction']:.0%} | " if have_before and "before" in r else (
+            "— | " if have_before else "")
+        lines.append(f"| {r['pass']} | {shape} | {r['dtype']} | {b}"
+                     f"{r['after']['copy_fraction']:.0%} | {r['goal']:.0%} | "
+                     f"{_fmt_launches(r['after'])} |")
+    return "\n".join(lines)
+
+
+def plot(rep: dict, path, mode: str = "inplace") -> None:
+    """Bars of the predicted fraction per pass x shape x dtype, before and after, goal lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    major = rep["model"]["primary"]["nvrtc_major"]
+    rows = [r for r in rep["table"] if r["major"] == major and r["mode"] == mode]
+    passes = ["forward_train", "forward_eval", "backward"]
+    dtypes = ["float32", "float16"]
+    fig, axes = plt.subplots(len(dtypes), len(passes), figsize=(13, 6.5), sharey=True)
+    for i, dt in enumerate(dtypes):
+        for j, ps in enumerate(passes):
+            ax = axes[i][j]
+            sel = [r for r in rows if r["dtype"] == dt and r["pass"] == ps]
+            labels = ["x".join(map(str, r["shape"][1:])) for r in sel]
+            xs = range(len(sel))
+            if any("before" in r for r in sel):
+                ax.bar([x - 0.2 for x in xs], [r.get("before", {}).get("copy_fraction", 0)
+                                               for r in sel], 0.4, color="0.7",
+                       label="before")
+            ax.bar([x + 0.2 for x in xs], [r["after"]["copy_fraction"] for r in sel], 0.4,
+                   color="tab:blue", label="after")
+            ax.axhline(GOAL, color="tab:red", ls="--", lw=1, label="goal 85%")
+            ax.hlines(GOAL_SMALL, len(sel) - 1.45, len(sel) - 0.55, color="tab:orange",
+                      ls=":", lw=1.5, label="goal 7x7: 60%")
+            ax.set_xticks(list(xs))
+            ax.set_xticklabels(labels, fontsize=8)
+            ax.set_ylim(0, 1.05)
+            ax.set_title(f"{ps} {dt}", fontsize=10)
+            if j == 0:
+                ax.set_ylabel("predicted fraction of copy BW")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    tree = rep["tree"]
+    before = rep["before"]["tree"] if rep.get("before") else None
+    fig.suptitle(f"Static model, H100 SXM (132 SMs, {rep['model']['copy_bandwidth_GBps']:.0f}"
+                 f" GB/s copy, {rep['model']['latency_ns']:.0f} ns), N=32, mode {mode}, "
+                 f"CUDA {major} sm_90; after {tree['commit']}"
+                 + (f"{'+' if tree.get('dirty_kernels') else ''}" if tree else "")
+                 + (f", before {before.get('revision', before['commit'])}" if before else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
