@@ -35,8 +35,8 @@ SPLITS = {
 }
 # Spatial shape per split (default: none, x is (N, C)).  The large ones make the kernel
 # backend reduce each channel in several blocks, so that (C, B>1) partials are merged locally.
-SPATIAL = {(3, 4): (4, 5), (5, 2, 1): (4, 5), (0, 1, 0): (4, 5), (8, 2): (24, 24),
-           (8, 0, 3): (24, 24)}
+SPATIAL = {(3, 4): (4, 5), (5, 2, 1): (4, 5), (0, 1, 0): (4, 5), (8, 2): (32, 32),
+           (8, 0, 3): (32, 32)}
 BIG_SPLITS = {2: [(8, 2)], 3: [(8, 0, 3)]}
 MODES = (("inplace", "leaky_relu", 0.1), ("inplace_v1", "elu", 1.2),
          ("standard", "leaky_relu", 0.2))

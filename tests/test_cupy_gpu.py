@@ -31,15 +31,22 @@ def test_api_on_cupy_matches_reference_and_numpy(case):
     check_case(case, cupy.asarray, cupy.asnumpy)
 
 
-def test_reduction_plan_fills_the_gpu():
-    from cupy_abn._kernel_backend import KernelBackend
+@pytest.mark.parametrize("shape", [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28),
+                                   (32, 2048, 7, 7)], ids=lambda s: "x".join(map(str, s)))
+def test_reduction_plan_fills_whole_waves(shape):
+    """At the occupancy the driver reports for the compiled kernel, the reduction grid keeps
+    at least 90% of the GPU's block slots busy over its waves."""
+    from cupy_abn import _kernel_source as K
+    from cupy_abn._kernel_backend import KernelBackend, wave_efficiency
     from cupy_abn._runtime_cupy import runtime_for
     be = KernelBackend(runtime_for(cupy.zeros(1)))
-    sms = be.rt.multiprocessors
-    stem = be.plan((32, 64, 112, 112))
-    assert stem.block == 256 and stem.parts * 64 >= 4 * sms, stem
-    late = be.plan((32, 2048, 7, 7))
-    assert late.parts == 1 and late.block <= 128, late
+    plan = be.plan(shape)
+    vector = shape[2] * shape[3] % 4 == 0
+    fn = be.rt.function("channel_moments", "channel_moments",
+                        K.defines("channel_moments", store=F32, param=F32, idx64=False,
+                                  vector=vector))
+    slots = be.rt.multiprocessors * be.rt.occupancy(fn, plan.block)
+    assert wave_efficiency(shape[1] * plan.parts, slots) >= 0.9, (plan, slots)
 
 
 def test_modules_are_compiled_once_per_device():
@@ -56,3 +63,23 @@ def test_64bit_indexing_variant(monkeypatch):
     monkeypatch.setattr(_kernel_source, "IDX64_FROM", 0)
     check_case(Case("NCHW", (2, 3, 5, 7), F32, "elu", "inplace", True), cupy.asarray,
                cupy.asnumpy)
+
+
+def _offset_view(a):
+    """``a`` on the GPU one element past a 256-byte boundary: C-contiguous, not 16-byte aligned
+    (the scalar path), as a view into a larger buffer is."""
+    a = np.ascontiguousarray(a)
+    buf = cupy.empty(a.size + 1, a.dtype)
+    view = buf[1:].reshape(a.shape)
+    view[...] = cupy.asarray(a)
+    return view
+
+
+@pytest.mark.parametrize("dtype", [F32, F16], ids=["float32", "float16"])
+def test_unaligned_views_take_the_scalar_path(dtype):
+    from cupy_abn._kernel_backend import KernelBackend
+    from cupy_abn._runtime_cupy import runtime_for
+    case = Case("offset", (4, 3, 16, 16), dtype, "leaky_relu", "inplace", True)
+    x = _offset_view(np.zeros(case.shape, dtype))
+    assert not KernelBackend(runtime_for(x)).vector_path(x.shape, x)
+    check_case(case, _offset_view, cupy.asnumpy)
