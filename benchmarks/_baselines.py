@@ -190,7 +190,7 @@ def prepare_inplace_abn(xp, x, dz, slope: float) -> Dict[str, Callable[[], objec
     """
     torch = _torch(xp)
     try:
-        from inplace_abn import inplace_abn
+        from inplace_abn.functions import inplace_abn
     except ImportError as e:
         raise Unavailable(f"inplace_abn is not installed ({e})") from None
     gamma, beta, mean, var = _torch_params(torch, xp, x)

@@ -370,7 +370,7 @@ def _step_argv(name: str, gpu: bool, work: Path) -> List[str]:
         return [py, "benchmarks/kernels.py", "--device", "gpu" if gpu else "cpu",
                 "--baselines", "all", "--no-progress", "--out", str(work), *size]
     if name == "demo":
-        size = ["--steps", "200"] if gpu else ["--steps", "3", "--batch", "4", "--size", "8",
+        size = ["--steps", "200"] if gpu else ["--steps", "8", "--batch", "4", "--size", "8",
                                                "--widths", "4,8,8", "--budget-mib", "16"]
         return [py, "-m", "cupy_abn.demo", "--device", "gpu" if gpu else "cpu",
                 "--no-progress", "--out", str(work), *size]
@@ -515,6 +515,7 @@ def unpack(src: Path, results: Path = RESULTS, carry: Path = CARRY) -> List[Path
     (``kernels_gpu.json`` -> ``kernels_gpu_<device>.json``), stage a built inplace_abn
     wheel for part 2, and refit the static model here when it is there."""
     written: List[Path] = []
+    results.mkdir(parents=True, exist_ok=True)
     for tgz in sorted(src.glob("gpu_proof_*.tar.gz")):
         slug = tgz.name[:-len(".tar.gz")].split("_", 3)[3]
         with tempfile.TemporaryDirectory() as tmp, tarfile.open(tgz) as tar:
