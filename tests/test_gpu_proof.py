@@ -252,3 +252,32 @@ def test_baselines_run_by_default_on_a_gpu_only():
     assert kernels.impls_for("auto", gpu=True) == kernels.IMPLS + kernels.OPTIONAL
     assert kernels.impls_for("all", gpu=False) == kernels.IMPLS + kernels.OPTIONAL
     assert kernels.impls_for("none", gpu=True) == kernels.IMPLS
+
+
+def test_fit_with_the_static_model_on_its_own_record_fields():
+    """The real ``predict_us`` (a max of three limits: not smooth) on launch records shaped
+    like the static report's, passes of another CUDA major left out."""
+    predict = fit_model.load_predict()
+    rs = np.random.RandomState(1)
+    measured, report = _synthetic(650.0, 2900.0, True)
+    for item in report["passes"]:
+        size = int(np.prod(item["shape"])) * np.dtype(item["dtype"]).itemsize
+        k = kernels.MODEL_BYTES[item["pass"]]
+        item["arch"] = "sm_90"
+        item["launches"] = [{"arch": "sm_90", "bytes": k * size / 2,
+                             "load_bytes": 0.35 * k * size, "elements": size,
+                             "instructions_per_element": 6 + 3 * i,
+                             "bytes_in_flight_per_thread": int(rs.choice([4, 16, 64])),
+                             "resident_threads_per_sm": int(rs.choice([512, 1024, 2048])),
+                             "waves": float(rs.choice([0.6, 1.0, 2.0, 3.5, 8.0]))}
+                            for i in range(2)] if item["major"] == 13 else []
+    by_key = {(p["pass"], tuple(p["shape"]), p["dtype"], p["mode"]): p["launches"]
+              for p in report["passes"] if p["major"] == 13}
+    for r in measured["rows"]:
+        if r["impl"].startswith("cupy-abn"):
+            key = (r["pass"], tuple(r["shape"]), r["dtype"], r["impl"].split()[1])
+            r["ms"] = sum(predict(x, 820.0, 3100.0) for x in by_key[key]) / 1e3
+    got = fit_model.run_fit(measured, report, predict)
+    assert got["record_filter"] == {"arch": "sm_90", "major": 13}
+    assert got["latency_ns"] == pytest.approx(820.0, rel=1e-4)
+    assert got["bandwidth_GBps"] == pytest.approx(3100.0, rel=1e-4)
