@@ -23,6 +23,7 @@ threads, 1-D).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ class RowPlan:
     row_threads: int
 
 
+@functools.lru_cache(maxsize=1024)   # pure: plans repeat every step
 def reduction_block(m_packs: int, unroll: int, max_block: int = MAX_BLOCK) -> int:
     """Threads per reduction block: the largest power of two (32 .. 256) that still gives
     every thread at least one full unrolled iteration of the channel's ``m_packs`` packs."""
@@ -77,6 +79,7 @@ def wave_efficiency(blocks: int, slots: int) -> float:
     return blocks / (waves * slots)
 
 
+@functools.lru_cache(maxsize=1024)   # pure: plans repeat every step
 def reduction_parts(m_packs: int, channels: int, block: int, unroll: int, slots: int) -> int:
     """Blocks per channel: the fewest that fill the GPU's ``slots`` resident blocks to whole
     waves (>= 90% busy), each thread keeping at least one full unrolled iteration; failing
@@ -97,6 +100,7 @@ def reduction_parts(m_packs: int, channels: int, block: int, unroll: int, slots:
     return best
 
 
+@functools.lru_cache(maxsize=1024)   # pure: plans repeat every step
 def row_plan(rows: int, row_len: int, unroll: int, max_block: int = MAX_BLOCK,
              max_grid: int = 2 ** 31 - 1) -> RowPlan:
     """Threads per row: the smallest power of two that covers the row's packs in one unrolled
@@ -111,9 +115,7 @@ def row_plan(rows: int, row_len: int, unroll: int, max_block: int = MAX_BLOCK,
 
 
 def _ncs(shape):
-    n, c = int(shape[0]), int(shape[1])
-    s = int(np.prod(shape[2:], dtype=np.int64)) if len(shape) > 2 else 1
-    return n, c, s
+    return int(shape[0]), int(shape[1]), math.prod(int(d) for d in shape[2:])
 
 
 class KernelBackend:

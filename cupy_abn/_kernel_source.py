@@ -92,6 +92,7 @@ def vec_width(store, vector: bool) -> int:
     return PACK_BYTES // np.dtype(store).itemsize if vector else 1
 
 
+@functools.lru_cache(maxsize=4096)   # one tuple per variant, not one per launch
 def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None,
             vector=False) -> Tuple[str, ...]:
     """The ``-D`` options of a variant of ``family``, from the dtypes/codes it reads.
