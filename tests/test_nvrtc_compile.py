@@ -21,17 +21,21 @@ VARIANTS = list(K.all_variants())
 
 # The define each aspect of KernelFile.uses sets, and the values the library must cover.
 ASPECT_DEFINE = {"store": "STORE_BITS", "param": "PARAM_BITS", "act": "ACT", "t": "T_KIND",
-                 "idx": "IDX64"}
+                 "idx": "IDX64", "vec": "VEC"}
 
 
 def _covered_values():
+    from cupy_abn import _state
     from cupy_abn._activations import ACTIVATIONS
-    from cupy_abn._state import T_XHAT_FROM_X, T_XHAT_FROM_Y, T_Y
+    if hasattr(_state, "t_kind"):     # the t kinds the modes ask for
+        kinds = {_state.t_kind(m, tr) for m in _state.MODES for tr in (True, False)}
+    else:
+        kinds = {getattr(_state, n) for n in dir(_state) if n.startswith("T_")}
     store = {str(K.BITS[np.dtype(x)]) for x, _ in K.DTYPE_PAIRS}
     param = {str(K.BITS[np.dtype(p)]) for _, p in K.DTYPE_PAIRS}
     return {"STORE_BITS": store, "PARAM_BITS": param,
             "ACT": {str(a.code) for a in ACTIVATIONS.values()},
-            "T_KIND": {str(t) for t in (T_XHAT_FROM_X, T_XHAT_FROM_Y, T_Y)},
+            "T_KIND": {str(t) for t in kinds},
             "IDX64": {"0", "1"}}
 
 
@@ -58,6 +62,9 @@ def test_variants_cover_what_each_family_reads():
             if define is None:
                 continue   # a new aspect: covered by the compile tests below
             seen = {d[define] for d in by_family[fam]}
+            if define == "VEC":   # the scalar path and a vector path
+                assert "1" in seen and any(int(v) > 1 for v in seen), f"{fam}: VEC {seen}"
+                continue
             assert want[define] <= seen, f"{fam}: {define} misses {want[define] - seen}"
 
 

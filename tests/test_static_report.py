@@ -58,9 +58,13 @@ def _name(p):
 
 
 def test_no_spills(variants):
-    bad = [(v["major"], v["target"], v["family"], " ".join(v["defines"]), e, k["local"])
+    """No local memory: neither spills nor arrays left in a stack frame (ptxas's STACK and
+    LOCAL; either means LDL/STL in the kernel)."""
+    bad = [(v["major"], v["target"], v["family"], " ".join(v["defines"]),
+            f"REG {k['registers']} STACK {k['stack']} LOCAL {k['local']}")
            for v in variants for e, k in v["kernels"].items() if k["local"] or k["stack"]]
-    assert not bad, f"local memory (spills) in {len(bad)} kernels, e.g. {bad[:5]}"
+    assert not bad, (f"local memory in {len(bad)} kernels:\n" +
+                     "\n".join(map(str, sorted(bad))))
 
 
 def test_every_launch_has_its_variant_compiled(passes):
@@ -72,7 +76,7 @@ def test_no_division_in_hot_loops(passes):
     for p in passes:
         for r in p["launches"]:
             for lp in r["all_loops"]:
-                if lp["divisions"]:
+                if lp["phase"] == "stream" and lp["divisions"]:
                     bad.add((p["major"], r["entry"], " ".join(r["defines"]),
                              str(lp["divisions"])))
     assert not bad, "division sequences in hot loops:\n" + "\n".join(map(str, sorted(bad)))
@@ -139,7 +143,9 @@ def _has_oclgrind():
         return False
 
 
-OCL_SHAPE = (2, 4, 64, 64)
+# Rows of 64x64 and of 128x128 elements (the vector path): per-row and per-thread values do
+# not grow with the row, per-element traffic grows 4x.
+OCL_SHAPES = ((2, 4, 64, 64), (2, 4, 128, 128))
 MINIMAL = C.MINIMAL_TENSORS
 
 
@@ -149,14 +155,22 @@ MINIMAL = C.MINIMAL_TENSORS
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("kind", ["forward_train", "forward_eval", "backward"])
 def test_oclgrind_bytes_per_element_are_the_minimal_traffic(kind, dtype):
-    """Global loads and stores counted by Oclgrind: the minimal traffic, within 5% for the
-    per-channel values and partials of this small tensor (m = 8192 per channel)."""
+    """Global loads and stores counted by Oclgrind.  Tensor data (the pack built-ins) move
+    exactly the minimal traffic, within 5% for the per-thread shift of the statistics; the
+    other global accesses (per-channel values, partials) are per row or per thread, not per
+    element: they grow less than 2x when the rows grow 4x."""
     from benchmarks.static import oclgrind_traffic as O
-    per_kernel = O.count(kind, dtype, "inplace", OCL_SHAPE)
-    numel = int(np.prod(OCL_SHAPE))
     item = np.dtype(dtype).itemsize
-    total = sum(v["load"] + v["store"] for v in per_kernel.values())
-    want = MINIMAL[kind] * numel * item
-    assert want <= total <= 1.05 * want, (
-        f"{kind} {dtype}: {total / numel / item:.3f} tensors moved, minimal "
-        f"{MINIMAL[kind]}; bytes per kernel {per_kernel}")
+    other = []
+    for shape in OCL_SHAPES:
+        per_kernel = O.count(kind, dtype, "inplace", shape)
+        numel = int(np.prod(shape))
+        tensor = sum(v["tensor_load"] + v["tensor_store"] for v in per_kernel.values())
+        want = MINIMAL[kind] * numel * item
+        assert want <= tensor <= 1.05 * want, (
+            f"{kind} {dtype} {shape}: {tensor / numel / item:.3f} tensors moved, minimal "
+            f"{MINIMAL[kind]}; bytes per kernel {per_kernel}")
+        other.append(sum(v["other_load"] + v["other_store"] for v in per_kernel.values()))
+    assert other[1] <= 2 * max(other[0], 1), (
+        f"{kind} {dtype}: per-channel/partial traffic grows with the elements: "
+        f"{other[0]} -> {other[1]} bytes for 4x the elements")

@@ -109,6 +109,8 @@ def _main_loop(loops: List[dict], reads: int, itemsize: int) -> Optional[dict]:
     """The loop that streams the bulk of the tensor, with its per-element figures."""
     best = None
     for lp in loops:
+        if lp.get("phase", "stream") != "stream":
+            continue
         if lp["store_bytes"]:
             e = lp["store_bytes"] / itemsize
         elif reads:

@@ -11,7 +11,10 @@ the LLVM instructions it executed, e.g.::
 
 ``load global``/``store global`` carry the total bytes; the vector and half-precision access
 built-ins (``vload_half``, ``vloadn``, ``vstoren``, ...) are calls, whose bytes follow from
-their name (count x width x element size).  Oclgrind prints to stdout with its own
+their name (count x width x element size; only those on ``__global`` pointers, ``PU3AS1``).
+The kernels move tensor data through those built-ins (``PACK_ACCESS_OPENCL``, vload_half),
+and per-channel values and partials through plain accesses, so the two are reported apart:
+``tensor_load``/``tensor_store`` and ``other_load``/``other_store``.  Oclgrind prints to stdout with its own
 buffering, so a backward (which needs a training forward first) is counted as the counts of
 forward + backward minus those of the forward alone.
 
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]
+KEYS = ("tensor_load", "tensor_store", "other_load", "other_store")
 
 _COUNT = re.compile(r"^\s*(\d+)\s+-\s+(.*)$")
 _GLOBAL = re.compile(r"(load|store) global \((\d+) bytes\)")
@@ -36,14 +40,14 @@ _SIZES = {"Dh": 2, "f": 4, "d": 8, "h": 1, "t": 2, "s": 2, "j": 4, "m": 8}
 
 
 def parse(text: str) -> Dict[str, Dict[str, int]]:
-    """Bytes loaded and stored in global memory per kernel name, from Oclgrind's counts."""
+    """Global bytes per kernel name (tensor / other, load / store), from Oclgrind's counts."""
     out: Dict[str, Dict[str, int]] = {}
     kernel = None
     for line in text.splitlines():
         m = re.match(r"Instructions executed for kernel '([^']+)'", line)
         if m:
             kernel = m.group(1)
-            out.setdefault(kernel, {"load": 0, "store": 0})
+            out.setdefault(kernel, dict.fromkeys(KEYS, 0))
             continue
         m = _COUNT.match(line)
         if not m or kernel is None:
@@ -51,14 +55,14 @@ def parse(text: str) -> Dict[str, Dict[str, int]]:
         n, what = int(m.group(1)), m.group(2)
         g = _GLOBAL.search(what)
         if g:
-            out[kernel][g.group(1)] += int(g.group(2))
+            out[kernel]["other_" + g.group(1)] += int(g.group(2))
             continue
         c = _CALL.search(what)
         if c:
             width = int(c.group(3) or 1)
             size = 2 if c.group(2) else _SIZES[c.group(4)]
-            out[kernel]["load" if c.group(1).startswith("vload") else "store"] += \
-                n * width * size
+            out[kernel]["tensor_load" if c.group(1).startswith("vload") else
+                        "tensor_store"] += n * width * size
     return out
 
 
@@ -76,7 +80,8 @@ def count(kind: str, dtype: str, mode: str, shape: Tuple[int, ...],
     Returns
     -------
     dict
-        kernel name -> {"load": bytes, "store": bytes}, summed over its launches in the pass.
+        kernel name -> {"tensor_load", "tensor_store", "other_load", "other_store": bytes},
+        summed over its launches in the pass.
 
     Raises
     ------
@@ -88,8 +93,8 @@ def count(kind: str, dtype: str, mode: str, shape: Tuple[int, ...],
         fwd = _run("forward_train", dtype, mode, shape, timeout)
         out = {}
         for k, v in both.items():
-            d = {a: v[a] - fwd.get(k, {}).get(a, 0) for a in ("load", "store")}
-            if d["load"] or d["store"]:
+            d = {a: v[a] - fwd.get(k, {}).get(a, 0) for a in KEYS}
+            if any(d.values()):
                 out[k] = d
         return out
     return _run(kind, dtype, mode, shape, timeout)

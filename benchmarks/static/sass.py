@@ -2,9 +2,12 @@
 loops (``-sass``).
 
 A loop is a backward branch (``BRA`` to a lower address); its body is the address range from
-the target to the branch.  A *hot loop* is an innermost loop that touches global memory
-(``LDG``/``STG``): the grid-stride walk over a tensor.  Loops without global accesses (the
-shared-memory tree of a block reduction) run log2(block) times and are not reported.
+the target to the branch.  Innermost loops that touch global memory (``LDG``/``STG``) are
+reported; loops without global accesses (the shared-memory tree of a block reduction) run
+log2(block) times and are not.  A reported loop is *hot* (``phase: "stream"``) when it comes
+before the kernel's first barrier (``BAR``): that is the walk over the tensor, which every
+thread runs; a loop after a barrier runs once the block has reduced (e.g. the last block of a
+channel merging the B partials of the channel, ``phase: "after_barrier"``).
 
 Per hot loop: instructions, ``LDG``/``STG`` with their widths, and division sequences:
 
@@ -152,6 +155,8 @@ class Loop:
     load_bytes: int = 0
     store_bytes: int = 0
     divisions: Dict[str, int] = field(default_factory=dict)   # kind -> count
+    phase: str = "stream"    # "stream" (before the first barrier) or "after_barrier"
+    local_ops: int = 0       # LDL/STL: local memory (spills, arrays in the stack frame)
 
     @property
     def widest_load(self) -> int:
@@ -192,7 +197,9 @@ def _divisions(body: List[Instr]) -> Dict[str, int]:
 
 
 def hot_loops(code: List[Instr]) -> List[Loop]:
-    """Innermost backward-branch loops that access global memory, in address order."""
+    """Innermost backward-branch loops that access global memory, in address order
+    (``phase`` tells the hot ones, see the module docstring)."""
+    first_bar = min((i.addr for i in code if i.base == "BAR"), default=None)
     spans = []
     for ins in code:
         if ins.base in ("BRA", "JMP") and not ins.args.startswith("`("):
@@ -210,6 +217,8 @@ def hot_loops(code: List[Instr]) -> List[Loop]:
         if not ld and not st:
             continue
         loop = Loop(start, end, len(body))
+        if first_bar is not None and start > first_bar:
+            loop.phase = "after_barrier"
         for group, dest in ((ld, loop.loads), (st, loop.stores)):
             for i in group:
                 w = _width_name(i.op)
@@ -217,6 +226,7 @@ def hot_loops(code: List[Instr]) -> List[Loop]:
         loop.load_bytes = sum(access_bytes(i.op) for i in ld)
         loop.store_bytes = sum(access_bytes(i.op) for i in st)
         loop.divisions = _divisions(body)
+        loop.local_ops = sum(1 for i in body if i.base in ("LDL", "STL"))
         loops.append(loop)
     return loops
 
