@@ -1,7 +1,7 @@
 """The launches one API call makes, recorded without a GPU.
 
-The library's own stages (``cupy_abn.api._forward`` / ``_backward``) run on the real
-``KernelBackend`` over a recording stub runtime: every grid, block, variant and argument is the
+The library's own API (``cupy_abn.abn_forward`` / ``abn_backward``, validation and dispatch
+pointed at the backend) runs on the real ``KernelBackend`` over a recording stub runtime: every grid, block, variant and argument is the
 one the library would launch on a device with ``multiprocessors`` SMs.  Arrays are small stub
 objects (shape, dtype, size, flags, ``data.ptr``); nothing is allocated or computed.
 
@@ -10,7 +10,7 @@ memory (``cupy_abn._occupancy`` with the sm_90 limits), as the driver would on a
 """
 from __future__ import annotations
 
-import inspect
+import contextlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -51,6 +51,10 @@ class StubArray:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def astype(self, dtype, copy: bool = True):
+        return self if (np.dtype(dtype) == self.dtype and not copy) else StubArray(
+            self.shape, dtype)
 
     def __repr__(self) -> str:
         return f"StubArray({self.shape}, {self.dtype}, {self.role})"
@@ -125,10 +129,34 @@ class RecordingRuntime:
                              f"a runtime method the static report does not stub yet")
 
 
-def _call(fn: Callable, **kwargs):
-    """Call ``fn`` with the keyword arguments its signature takes (the API's internals move)."""
-    params = inspect.signature(fn).parameters
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
+class _Checks:
+    """Stands for ``cupy_abn._validation`` inside the API: stub arrays pass every check."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        if name.startswith("check_") or name == "array_family":
+            return lambda *a, **k: "stub"
+        return getattr(self._real, name)
+
+
+@contextlib.contextmanager
+def _api_on(backend):
+    """``cupy_abn.api`` with its dispatch pointed at ``backend`` (any revision's api: the
+    public functions validate, pick the backend, maybe enter a device, then run the stages)."""
+    from cupy_abn import api
+    saved = {k: getattr(api, k) for k in ("V", "backend_for", "device_scope")
+             if hasattr(api, k)}
+    api.V = _Checks(saved["V"])
+    api.backend_for = lambda *a, **k: backend
+    if "device_scope" in saved:
+        api.device_scope = lambda *a, **k: contextlib.nullcontext()
+    try:
+        yield api
+    finally:
+        for k, v in saved.items():
+            setattr(api, k, v)
 
 
 PASSES = ("forward_train", "forward_eval", "backward")
@@ -138,28 +166,27 @@ def record_pass(rt: RecordingRuntime, shape: Tuple[int, ...], dtype, mode: str, 
                 activation: str = "leaky_relu", param: float = 0.01) -> List[Launch]:
     """The launches of one pass (``kind`` in PASSES) of the real library on ``rt``.
 
-    The backward is that of a training forward, recorded after it (only the backward's
-    launches are returned); in the in-place modes dx goes into dz's buffer, as in
-    ``tests/_kernel_matrix.py``.
+    The public ``abn_forward``/``abn_backward`` run with validation and dispatch pointed at a
+    ``KernelBackend`` over ``rt``.  The backward is that of a training forward, recorded after
+    it (only the backward's launches are returned); in the in-place modes dx goes into dz's
+    buffer, as in ``tests/_kernel_matrix.py``.
     """
-    from cupy_abn import api
     from cupy_abn._kernel_backend import KernelBackend
     be = KernelBackend(rt)
     c = shape[1]
     pdt = np.float32 if np.dtype(dtype) == np.float16 else dtype
     x = StubArray(shape, dtype, "input")
     gamma, beta, rm, rv = (StubArray((c,), pdt, "input") for _ in range(4))
-    fwd = dict(be=be, x=x, gamma=gamma, beta=beta, running_mean=rm, running_var=rv,
-               decay=0.9, eps=2e-5, activation=activation, activation_param=param, mode=mode,
-               combine_moments=None, global_count=None)
-    rt.launches.clear()
-    z, saved = _call(api._forward, training=(kind != "forward_eval"), **fwd)
-    if kind != "backward":
-        return list(rt.launches)
-    rt.launches.clear()
-    dz = StubArray(shape, dtype, "input")
-    _call(api._backward, be=be, saved=saved, z=z, grad_output=dz,
-          out=dz if mode != "standard" else None, combine_sums=None)
+    with _api_on(be) as api:
+        rt.launches.clear()
+        z, saved = api.abn_forward(x, gamma, beta, rm, rv, training=(kind != "forward_eval"),
+                                   decay=0.9, eps=2e-5, activation=activation,
+                                   activation_param=param, mode=mode)
+        if kind != "backward":
+            return list(rt.launches)
+        rt.launches.clear()
+        dz = StubArray(shape, dtype, "input")
+        api.abn_backward(saved, dz, out=dz if mode != "standard" else None)
     return list(rt.launches)
 
 

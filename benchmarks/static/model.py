@@ -9,10 +9,15 @@ For one launch (a *record* of the static report, see ``benchmarks/static/__init_
                                 / latency)                           (Little's law)
     t           = max(t_bandwidth, t_issue, t_latency) * quantization + launch
 
-``quantization`` is ``ceil(waves) / waves`` for a grid of one wave or more (the last, partial
-wave runs the same per-block loop on a part-idle GPU) and 1 below one wave (the resident
-threads are then fewer, which the latency term sees).  Launches without a streaming loop (the
-per-channel kernels) cost their small traffic and the launch.
+Wave quantization, for a grid of w = n + f waves (n whole, 0 <= f < 1) with w > 1: the n
+whole waves take n/w of the unquantized time, and the last, partial wave takes
+max(f/w * t_bandwidth, f/w * t_issue, t_latency / w): it moves f/w of the bytes, but its
+blocks run as long as a whole wave's when they are latency-bound (each block's serial loop
+is as long; fewer blocks are in flight).  For a latency-bound launch this is exactly
+``ceil(w) / w`` (1.03 waves cost nearly two); a bandwidth-bound partial wave costs only its
+share of the bytes.  Below one wave the resident threads are fewer, which the latency term
+sees.  Launches without a streaming loop (the per-channel kernels) cost their small traffic
+and the launch.
 
 Defaults are an H100 SXM: 132 SMs, clock 1.755 GHz (boost), copy bandwidth 3000 GB/s (what a
 device-to-device copy measures, about 90% of the 3.35 TB/s HBM3 peak), memory latency 700 ns:
@@ -59,7 +64,13 @@ def terms_us(record: dict, latency_ns: float = LATENCY_NS,
     t_lat = (record["load_bytes"] * latency_ns * 1e-3 / inflight
              if inflight > 0 and record["load_bytes"] > 0 else 0.0)
     w = record.get("waves", 1.0)
-    quant = math.ceil(w - 1e-9) / w if w >= 1.0 else 1.0
+    worst = max(t_bw, t_issue, t_lat)
+    quant = 1.0
+    if w > 1.0 and worst > 0:
+        n = math.floor(w + 1e-9)
+        f = w - n
+        tail = max(f / w * t_bw, f / w * t_issue, t_lat / w) if f > 1e-9 else 0.0
+        quant = (n / w * worst + tail) / worst
     return {"bandwidth": t_bw, "issue": t_issue, "latency": t_lat, "quantization": quant}
 
 

@@ -12,8 +12,11 @@ GOAL_SMALL = 0.60          # 32x2048x7x7: launch cost dominates
 SMALL_SHAPE = [32, 2048, 7, 7]
 
 
-def _compact(tree: dict) -> dict:
+def _compact(tree: dict, launched_only: bool = False) -> dict:
     out = dict(tree)
+    if launched_only:   # the older tree: only the variants its passes launch
+        out["variants"] = [v for v in tree["variants"]
+                           if any("loops" in k for k in v["kernels"].values())]
     out["passes"] = [dict(p, launches=[{k: v for k, v in r.items() if k != "all_loops"}
                                        for r in p["launches"]]) for p in tree["passes"]]
     return out
@@ -62,7 +65,7 @@ def report(after: dict, before: Optional[dict], elapsed_s: float) -> dict:
         "goal": {"copy_fraction": GOAL, "copy_fraction_7x7": GOAL_SMALL},
         "table": table(after, before),
         **_compact(after),                      # tree, nvrtc, variants, passes
-        "before": _compact(before) if before else None,
+        "before": _compact(before, launched_only=True) if before else None,
     }
 
 
