@@ -71,7 +71,8 @@ class NumpyBackend:
         stats[VAR] = m2_total / n
         self._finish(stats, gamma, beta, eps, abs_gamma)
         if running_mean is not None:
-            unbiased = stats[VAR] * n / (n - 1)
+            # m / max(m - 1, 1): one value per channel (m == 1) leaves the variance 0.
+            unbiased = stats[VAR] * n / np.maximum(n - 1, 1)
             running_mean[...] = decay * running_mean.astype(acc) + (1 - decay) * stats[MEAN]
             running_var[...] = decay * running_var.astype(acc) + (1 - decay) * unbiased
         return stats

@@ -9,6 +9,7 @@ The checks run on every call, so the happy path only compares: a message (f-stri
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, NoReturn, Optional, Union
 
 import numpy as np
@@ -18,6 +19,12 @@ from ._state import MODES
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _NUMBER = (int, float, np.floating)
+
+ONE_VALUE_WARNING = ("training batch with one value per channel (x of shape {shape}): the "
+                     "batch variance is 0 and the normalized output is beta; the running "
+                     "variance is updated with the factor m / max(m - 1, 1) = 1. Running "
+                     "evaluation with chainer.config.train=True, or the last batch of a "
+                     "non-repeating iterator, can cause this")
 
 def fail(arg: str, expected: str, got: Any, exc: type = ValueError) -> NoReturn:
     """Raise ``exc("<arg>: expected <expected>, got <got>")``.
@@ -227,9 +234,13 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
     else:
         m = count if count is not None else math.prod(x.shape) // channels
         if not m > 1:
-            fail("x", "more than one element per channel in training (the variance of a "
-                 "single value is undefined)", f"{m} element(s) per channel, shape "
-                 f"{tuple(x.shape)}")
+            if m < 1:
+                fail("x", "at least one element per channel in training (batch statistics "
+                     "of an empty batch are undefined)", f"0 elements per channel, shape "
+                     f"{tuple(x.shape)}")
+            # Chainer's behaviour: warn and compute (variance 0, so the output is beta).
+            warnings.warn(ONE_VALUE_WARNING.format(shape=tuple(x.shape)), UserWarning,
+                          stacklevel=3)
     if mode != "standard":
         check_in_place_target("x", x, f"mode {mode!r} writes the output into x")
     return fam

@@ -3,6 +3,8 @@
 Each case checks the exception type, that the message names the argument and what is
 expected, and that x and the running statistics are bit-for-bit unchanged.
 """
+import warnings
+
 import numpy as np
 import pytest
 
@@ -64,8 +66,8 @@ CASES = [
     _case("eps-zero", ValueError, ["eps", "> 0", "0.0"], eps=0.0),
     _case("eps-negative", ValueError, ["eps", "> 0", "-1e-05"], eps=-1e-5),
     _case("decay-out-of-range", ValueError, ["decay", "[0, 1]", "1.5"], decay=1.5),
-    _case("m1-training", ValueError, ["x", "more than one element per channel", "1 element"],
-          lambda a: {**a, "x": a["x"][:1, :, :1].copy()}),
+    _case("m0-training", ValueError, ["x", "at least one element per channel", "0 elements"],
+          lambda a: {**a, "x": a["x"][:0].copy()}),
     _case("eval-missing-stats", TypeError, ["running_mean", "evaluation mode", "None"],
           lambda a: {**a, "running_mean": None, "running_var": None}, training=False),
     _case("only-running-mean", TypeError, ["running_mean/running_var", "both"],
@@ -189,3 +191,29 @@ def test_expect_formats_lazily():
         V.expect(False, "x", lambda: "a thing", lambda: 3, TypeError)
     with pytest.raises(ValueError, match=r"^y: expected ndim 2, got ndim 1$"):
         V.expect(False, "y", "ndim 2", "ndim 1")
+
+
+# ---- one value per channel in training: Chainer's warning, issued before anything is written --
+def test_one_value_per_channel_warns_before_writing():
+    """m == 1 is not an error (Chainer warns and computes); made an error by the warnings
+    filter, it leaves every input untouched: the warning comes before any write."""
+    args = _inputs()
+    args["x"] = args["x"][:1, :, :1].copy()
+    before = {k: v.copy() for k, v in args.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(UserWarning, match="one value per channel"):
+            cupy_abn.abn_forward(args["x"], args["gamma"], args["beta"],
+                                 args["running_mean"], args["running_var"])
+    for k, v in args.items():
+        assert v.tobytes() == before[k].tobytes(), f"{k} changed"
+
+
+def test_one_value_per_channel_no_warning_in_evaluation_or_m2():
+    a = _inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cupy_abn.abn_forward(a["x"][:1, :, :1].copy(), a["gamma"], a["beta"],
+                             a["running_mean"], a["running_var"], training=False)
+        cupy_abn.abn_forward(a["x"][:1, :, :2].copy(), a["gamma"], a["beta"],
+                             a["running_mean"], a["running_var"])
