@@ -15,8 +15,9 @@ backward   Allreduce-sum of (sum_dy, sum_dy_t)         2*C values of A
 =========  ==========================================  ===========================
 
 The header is what lets every rank know the global count ``m`` before the forward (for the
-checks and for ``m / max(m - 1, 1)``; a global count of 1 warns as one process does) and the per-rank counts for Chan's merge, so batch sizes may
-differ and a rank may hold no sample at all; it also carries C and the dtype, so that ranks
+checks and for ``m / max(m - 1, 1)``; a global count of 1 warns as one process does) and the
+per-rank counts for Chan's merge, so batch sizes may differ and a rank may hold no sample at
+all; it also carries C and the dtype, so that ranks
 that disagree raise the same error instead of hanging in a mismatched collective.  The moments
 are gathered, not summed: every rank then merges the same R partials with Chan's formula in
 rank order, so all ranks get bit-identical statistics, as stable as one process's.
