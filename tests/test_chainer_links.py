@@ -153,7 +153,9 @@ def test_use_gamma_use_beta(use_gamma, use_beta):
         init = 1.0 if cls is C.ABN else 1.0 - 2e-5
         layer = cls(3, dtype=np.float64, use_gamma=use_gamma, use_beta=use_beta,
                     activation="identity", initial_gamma=init)
-        assert hasattr(layer, "gamma") == use_gamma and hasattr(layer, "beta") == use_beta
+        # As L.BatchNormalization: an unused parameter is a None attribute.
+        assert (layer.gamma is not None) == use_gamma == (bn.gamma is not None)
+        assert (layer.beta is not None) == use_beta == (bn.beta is not None)
         y = layer(chainer.Variable(x.copy()) * 1)
         np.testing.assert_allclose(y.array, bn(x).array, rtol=1e-9, atol=1e-12)
 

@@ -3,31 +3,43 @@
 The node calls :func:`cupy_abn.abn_forward` / :func:`cupy_abn.abn_backward`, so NumPy arrays
 run on the NumPy backend and CuPy arrays on the CUDA kernels.  In the in-place modes the output
 is x's array; the node keeps the :class:`cupy_abn.SavedState` (the output and per-channel
-vectors) and nothing of x's size besides.  Gradients are first order only.
+vectors) and nothing of x's size besides.
+
+Standard mode is a drop-in for ``F.batch_normalization`` / ``F.fixed_batch_normalization``:
+in evaluation the running statistics are inputs of the node (gradients with respect to them
+when they are Variables), and its backward is differentiable (double backprop) when Chainer
+asks for it.  The in-place modes are first-order only: their backward is rebuilt from the
+output, which no longer determines the graph of x.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import chainer
+import chainer.functions as F
 import numpy as np
 from chainer.utils import type_check
 
 from .. import api
+from .._numpy_backend import accum_dtype
 from . import _graph
 
 _DOUBLE = ("{label} supports first-order gradients only (its backward is rebuilt from the "
            "output and is not itself differentiable); call backward() without "
-           "enable_double_backprop=True")
+           "enable_double_backprop=True, or use mode='standard' (cupy_abn.chainer.abn / ABN)")
 
 
 class ABNFunction(chainer.FunctionNode):
-    """``(x, gamma, beta) -> z``: batch normalization fused with an activation.
+    """``(x, gamma, beta[, mean, var]) -> z``: batch normalization fused with an activation.
+
+    The inputs are ``(x, gamma, beta)``, plus ``(mean, var)`` in standard-mode evaluation
+    (see :attr:`takes_stats`), where the statistics are differentiable inputs as in
+    ``F.fixed_batch_normalization``.
 
     Parameters
     ----------
     running_mean, running_var : array or None
-        Updated in place in training when given; used in evaluation.
+        Updated in place in training when given; used in evaluation unless they are inputs.
     training : bool
         Batch statistics (True) or running statistics (False).
     mode : {"standard", "inplace", "inplace_v1"}
@@ -54,36 +66,138 @@ class ABNFunction(chainer.FunctionNode):
         return {"standard": "ABN", "inplace": "InPlaceABN",
                 "inplace_v1": "InPlaceABNv1"}[self.kw["mode"]]
 
+    @property
+    def takes_stats(self) -> bool:
+        """Whether mean and var are inputs 3 and 4 (standard mode, evaluation)."""
+        return self.kw["mode"] == "standard" and not self.kw["training"]
+
     def check_type_forward(self, in_types):
-        type_check._argname(in_types, ("x", "gamma", "beta"))
-        x, gamma, beta = in_types
-        type_check.expect(x.dtype.kind == "f", x.ndim >= 2, gamma.ndim == 1,
-                          gamma.shape[0] == x.shape[1], beta.shape == gamma.shape)
+        names = ("x", "gamma", "beta") + (("mean", "var") if self.takes_stats else ())
+        type_check._argname(in_types, names)
+        x, gamma = in_types[:2]
+        # Rank first, in its own expect: a 1-D x must fail here, not index x.shape[1].
+        type_check.expect(x.dtype.kind == "f", x.ndim >= 2, gamma.ndim == 1)
+        type_check.expect(gamma.shape[0] == x.shape[1])
+        for other in in_types[2:]:
+            type_check.expect(other.shape == gamma.shape)
 
     def forward(self, inputs):
-        x, gamma, beta = inputs
+        x, gamma, beta = inputs[:3]
+        mean, var = inputs[3:] if self.takes_stats else (self.running_mean,
+                                                         self.running_var)
         in_place = self.kw["mode"] != "standard"
         if in_place and self.copy_input:
             xp = chainer.backend.get_array_module(x)
             x = xp.array(x, order="C", copy=True)
-        z, self.saved = api.abn_forward(x, gamma, beta, self.running_mean, self.running_var,
-                                        **self.kw)
+        z, self.saved = api.abn_forward(x, gamma, beta, mean, var, **self.kw)
         # Mark what the graph must not overwrite: x (standard mode keeps it) or z (in place).
+        # Standard mode also keeps the (per-channel) parameters for its differentiable
+        # backward.
         if in_place:
             self.retain_outputs((0,))
         else:
-            self.retain_inputs((0,))
+            self.retain_inputs(tuple(range(len(inputs))))
         return z,
 
     def backward(self, indexes, grad_outputs):
         if chainer.config.enable_backprop:
-            raise NotImplementedError(_DOUBLE.format(label=self.label))
+            if self.kw["mode"] != "standard":
+                raise NotImplementedError(_DOUBLE.format(label=self.label))
+            return _differentiable_backward(self, grad_outputs[0])
         gz, = grad_outputs
         z = self.saved.z
         xp = chainer.backend.get_array_module(z)
         gz = xp.zeros_like(z) if gz is None else gz.array
         dx, dgamma, dbeta = api.abn_backward(self.saved, gz)
-        return tuple(chainer.Variable(g) for g in (dx, dgamma, dbeta))
+        grads = [dx, dgamma, dbeta]
+        if self.takes_stats:
+            grads += _stats_grads(self.saved, self.get_retained_inputs(), dgamma, dbeta,
+                                  self.kw["eps"])
+        return tuple(chainer.Variable(g) for g in grads)
+
+
+def _stats_grads(saved, retained, dgamma, dbeta, eps):
+    """dL/dmean and dL/dvar of the evaluation forward from dL/dgamma and dL/dbeta.
+
+    With ``y = g * (x - mean) * invstd + beta`` and ``invstd = (var + eps)^-1/2``:
+    ``dL/dmean = -dL/dbeta * g * invstd`` and ``dL/dvar = -g * dL/dg * invstd^2 / 2``
+    (``dL/dg = sum dy * xhat``), per channel; no pass over x is needed.
+    """
+    _, gamma, _, mean, var = (v.array for v in retained)
+    xp = chainer.backend.get_array_module(gamma)
+    acc = np.promote_types(saved.stats.dtype, var.dtype)
+    g, v = gamma.astype(acc), var.astype(acc)
+    inv_var = 1 / (v + acc.type(eps))
+    dmean = -dbeta.astype(acc) * g * xp.sqrt(inv_var)
+    dvar = acc.type(-0.5) * g * dgamma.astype(acc) * inv_var
+    return [dmean.astype(mean.dtype, copy=False), dvar.astype(var.dtype, copy=False)]
+
+
+def _activation_grad(y, gz, activation: str, param: float):
+    """``gz * phi'(y)`` as Chainer functions of ``y`` and ``gz`` (differentiable)."""
+    if activation == "identity":
+        return gz
+    xp = chainer.backend.get_array_module(y.array)
+    if activation == "relu":
+        return F.where(y.array > 0, gz, xp.zeros_like(gz.array))
+    up = y.array >= 0   # the side of the kink; its derivative is 0 almost everywhere
+    if activation == "leaky_relu":
+        return F.where(up, gz, gz * param)
+    # elu: phi'(y) = alpha * exp(y) below 0; exp only of the clamped y (no overflow above 0).
+    below = F.where(up, xp.zeros_like(y.array), y)
+    return F.where(up, gz, gz * (F.exp(below) * param))
+
+
+def _differentiable_backward(node: ABNFunction, gz):
+    """The standard-mode gradients built from Chainer functions, so that they can be
+    differentiated again (``enable_double_backprop=True``): the forward is recomputed from
+    the retained x and parameters, and the textbook gradients are expressed on it.
+    """
+    kw = node.kw
+    retained = node.get_retained_inputs()
+    x0, gamma0 = retained[:2]
+    acc = accum_dtype(x0.dtype)
+    acc = np.promote_types(acc, gamma0.dtype)
+
+    def cast(v):
+        return v if v.dtype == acc else F.cast(v, acc)
+
+    x, gamma, beta = (cast(v) for v in retained[:3])
+    if gz is None:
+        gz = chainer.Variable(node.saved.z * 0)
+    gz = cast(gz)
+    c = x.shape[1]
+    axes = (0,) + tuple(range(2, x.ndim))
+    pshape = (1, c) + (1,) * (x.ndim - 2)
+
+    def bc(v):   # (C,) -> broadcast against x
+        return F.broadcast_to(F.reshape(v, pshape), x.shape)
+
+    eps = float(kw["eps"])
+    if kw["training"]:
+        m = x.size // c
+        mean = F.sum(x, axis=axes) / m
+        xc = x - bc(mean)
+        var = F.sum(xc * xc, axis=axes) / m
+    else:
+        mean, var = (cast(v) for v in retained[3:5])
+        xc = x - bc(mean)
+    invstd = F.rsqrt(var + eps)
+    xhat = xc * bc(invstd)
+    y = xhat * bc(gamma) + bc(beta)
+    dy = _activation_grad(y, gz, kw["activation"], kw["activation_param"])
+    sum_dy = F.sum(dy, axis=axes)
+    sum_dy_xhat = F.sum(dy * xhat, axis=axes)
+    scale = bc(gamma * invstd)
+    if kw["training"]:
+        gx = scale * (dy - bc(sum_dy) / m - xhat * bc(sum_dy_xhat) / m)
+    else:
+        gx = dy * scale
+    grads = [gx, sum_dy_xhat, sum_dy]
+    if not kw["training"]:
+        grads += [-sum_dy * gamma * invstd, -0.5 * gamma * sum_dy_xhat * invstd * invstd]
+    return tuple(g if g.dtype == r.dtype else F.cast(g, r.dtype)
+                 for g, r in zip(grads, retained))
 
 
 def _apply(x, gamma, beta, running_mean, running_var, *, mode: str, training: Optional[bool],
@@ -92,10 +206,18 @@ def _apply(x, gamma, beta, running_mean, running_var, *, mode: str, training: Op
         training = bool(chainer.config.train)
     in_place = mode != "standard"
     copy = in_place and _graph.needs_copy(x, stacklevel=4)
-    node = ABNFunction(running_mean, running_var, training=training, decay=decay, eps=eps,
-                       activation=activation, activation_param=activation_param, mode=mode,
-                       copy_input=copy)
-    z, = node.apply((x, gamma, beta))
+    stats_inputs = (mode == "standard" and not training and running_mean is not None
+                    and running_var is not None)
+    if not stats_inputs:
+        # Updated in place (training) or read (in-place evaluation): arrays, not graph nodes.
+        running_mean, running_var = (v.array if isinstance(v, chainer.Variable) else v
+                                     for v in (running_mean, running_var))
+    node = ABNFunction(None if stats_inputs else running_mean,
+                       None if stats_inputs else running_var, training=training,
+                       decay=decay, eps=eps, activation=activation,
+                       activation_param=activation_param, mode=mode, copy_input=copy)
+    inputs = (x, gamma, beta) + ((running_mean, running_var) if stats_inputs else ())
+    z, = node.apply(inputs)
     if in_place and not copy:
         _graph.invalidate(x)
     return z
@@ -110,8 +232,11 @@ def abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None, running_var: An
     ----------
     x : Variable or array, shape (N, C, ...)
     gamma, beta : Variable or array, shape (C,)
-    running_mean, running_var : array, optional
-        Updated in place in training; required in evaluation.
+    running_mean, running_var : array or Variable, optional
+        Training: arrays updated in place (``F.batch_normalization``'s ``running_mean`` /
+        ``running_var``).  Evaluation: required, the statistics normalized with; when they
+        are Variables they receive gradients (``F.fixed_batch_normalization``'s
+        ``mean`` / ``var``).
     training : bool, optional
         Defaults to ``chainer.config.train``.
     decay, eps, activation, activation_param
@@ -120,6 +245,8 @@ def abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None, running_var: An
     Returns
     -------
     Variable
+        Differentiable twice (``enable_double_backprop=True``), like Chainer's batch
+        normalization.
     """
     return _apply(x, gamma, beta, running_mean, running_var, mode="standard",
                   training=training, decay=decay, eps=eps, activation=activation,

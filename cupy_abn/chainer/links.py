@@ -15,18 +15,27 @@ from typing import Any, Optional
 import chainer
 import numpy as np
 from chainer import configuration, initializers
+from chainer.utils import argument, type_check
 
 from . import functions
 
 
+_TEST_ARG = ("test argument is not supported anymore (Chainer v2 and later); use "
+             "chainer.using_config('train', False)")
+
+
 class _ABNLink(chainer.Link):
     _mode = "standard"
+    # As in L.BatchNormalization: None when use_gamma / use_beta is False.
+    gamma = None
+    beta = None
 
-    def __init__(self, size: int, decay: float = 0.9, eps: float = 2e-5,
+    def __init__(self, size: Optional[Any] = None, decay: float = 0.9, eps: float = 2e-5,
                  dtype: Any = None, use_gamma: bool = True, use_beta: bool = True,
                  initial_gamma: Any = None, initial_beta: Any = None,
                  activation: str = "leaky_relu", activation_param: float = 0.01,
-                 mode: Optional[str] = None):
+                 mode: Optional[str] = None, *, initial_avg_mean: Any = None,
+                 initial_avg_var: Any = None):
         super().__init__()
         self.mode = self._mode if mode is None else mode
         self.decay, self.eps = decay, eps
@@ -34,50 +43,90 @@ class _ABNLink(chainer.Link):
         self.use_gamma, self.use_beta = use_gamma, use_beta
         # float16 networks keep float32 parameters and statistics, like L.BatchNormalization.
         self._dtype = chainer.get_dtype(dtype, map_mixed16=np.float32)
-        self.avg_mean = np.zeros(size, self._dtype)
-        self.register_persistent("avg_mean")
-        self.avg_var = np.ones(size, self._dtype)
-        self.register_persistent("avg_var")
+        self._initial_avg_mean, self._initial_avg_var = initial_avg_mean, initial_avg_var
         self.N = 0
         self.register_persistent("N")
         with self.init_scope():
             if use_gamma:
                 g = initializers._get_initializer(1 if initial_gamma is None else initial_gamma)
                 g.dtype = self._dtype
-                self.gamma = chainer.Parameter(g, size)
+                self.gamma = chainer.Parameter(g)
             if use_beta:
                 b = initializers._get_initializer(0 if initial_beta is None else initial_beta)
                 b.dtype = self._dtype
-                self.beta = chainer.Parameter(b, size)
+                self.beta = chainer.Parameter(b)
+        # size=None: parameters and statistics are created at the first call, from x.
+        self.avg_mean = self.avg_var = None
+        if size is not None:
+            self._initialize_params(size)
+        self.register_persistent("avg_mean")
+        self.register_persistent("avg_var")
+
+    def _initialize_params(self, shape) -> None:
+        """Create the statistics and parameters of ``shape`` on the link's device."""
+        self.avg_mean = self._init_array(self._initial_avg_mean, 0, shape)
+        self.avg_var = self._init_array(self._initial_avg_var, 1, shape)
+        self._initial_avg_mean = self._initial_avg_var = None
+        for p in (self.gamma, self.beta):
+            if p is not None:
+                p.initialize(shape)
+
+    def _init_array(self, init, default, shape):
+        initializer = initializers._get_initializer(default if init is None else init)
+        return initializers.generate_array(initializer, shape, self.xp, dtype=self._dtype,
+                                           device=self.device)
 
     def _fixed(self, value: float):
-        return self.xp.full(self.avg_mean.shape, value, self._dtype)
+        with chainer.using_device(self.device):
+            return self.xp.full(self.avg_mean.shape, value, self._dtype)
 
     def _gamma(self):
-        if self.use_gamma:
+        if self.gamma is not None:
             return self.gamma
         # No learned scale: the scale applied is 1 (|gamma| + eps in the in-place modes).
         return self._fixed(1.0 if self.mode == "standard" else 1.0 - self.eps)
 
-    def forward(self, x: Any, finetune: bool = False) -> chainer.Variable:
-        """Normalize and activate ``x`` (N, C, ...) with batch or running statistics.
+    def forward(self, x: Any, **kwargs: Any) -> chainer.Variable:
+        """forward(self, x, finetune=False)
+
+        Normalize and activate ``x`` (N, C, ...) with batch or running statistics.
 
         Parameters
         ----------
         x : Variable or array
             In ``InPlaceABN`` training and evaluation, x's array is overwritten with the output
             when x may be (see :mod:`cupy_abn.chainer._graph`).
-        finetune : bool
+        finetune : bool, keyword only
             Accumulate population statistics with ``decay = 1 - 1/N`` (training only).
+
+        Raises
+        ------
+        ValueError
+            For ``test=`` (removed in Chainer v2; use ``chainer.using_config('train', ...)``).
+        TypeError
+            For any other keyword, as ``L.BatchNormalization``.
+        chainer.utils.type_check.InvalidType
+            For an x whose shape does not fit (ndim < 2, channels other than ``size``).
         """
+        finetune, = argument.parse_kwargs(kwargs, ("finetune", False), test=_TEST_ARG)
+        if self.avg_mean is None:
+            # size=None: the channels are axis 1 of the first x (Chainer infers them from
+            # its reduced axes the same way).
+            ndim = getattr(x, "ndim", 0)
+            if ndim < 2:
+                raise type_check.InvalidType("x.ndim >= 2 (channels on axis 1)",
+                                             f"x.ndim = {ndim}")
+            self._initialize_params((x.shape[1],))
         training = bool(configuration.config.train)
-        beta = self.beta if self.use_beta else self._fixed(0.0)
+        beta = self.beta if self.beta is not None else self._fixed(0.0)
         decay = self.decay
         if training and finetune:
             self.N += 1
             decay = 1.0 - 1.0 / self.N
         # Recomputation (F.forget) must not update the running statistics a second time.
         keep_stats = training and getattr(configuration.config, "in_recomputing", False)
+        if keep_stats and finetune:
+            self.N -= 1   # as L.BatchNormalization: the recomputation does not count
         mean, var = (None, None) if keep_stats else (self.avg_mean, self.avg_var)
         return self._apply(x, self._gamma(), beta, mean, var, training=training, decay=decay,
                            eps=self.eps, activation=self.activation,
@@ -98,10 +147,17 @@ class ABN(_ABNLink):
 
     Parameters
     ----------
-    size : int
-        Channels (axis 1 of the input).
+    size : int or None
+        Channels (axis 1 of the input).  None: taken from the first input, and the
+        parameters and statistics are created then (on the link's device, in its dtype), as
+        ``chainer.links.BatchNormalization`` does.  Unlike there, the channel axis has a
+        default (axis 1), so ``size`` may be omitted without ``axis``.
     decay, eps, dtype, use_gamma, use_beta, initial_gamma, initial_beta
-        As in ``chainer.links.BatchNormalization``.
+        As in ``chainer.links.BatchNormalization``; with ``use_gamma=False`` /
+        ``use_beta=False`` the attribute ``gamma`` / ``beta`` is None.
+    initial_avg_mean, initial_avg_var : initializer, optional, keyword only
+        Initial running statistics (default 0 and 1), as in
+        ``chainer.links.BatchNormalization``.
     activation : {"leaky_relu", "elu", "identity", "relu"}
     activation_param : float
         Slope of leaky_relu or alpha of elu.
@@ -119,7 +175,8 @@ class InPlaceABN(_ABNLink):
     """
     _mode = "inplace"
 
-    def __init__(self, size: int, *args, mode: str = "inplace", **kwargs):
+    def __init__(self, size: Optional[Any] = None, *args, mode: str = "inplace",
+                 **kwargs):
         if mode not in ("inplace", "inplace_v1"):
             raise ValueError(f"mode: expected 'inplace' or 'inplace_v1', got {mode!r}")
         super().__init__(size, *args, mode=mode, **kwargs)

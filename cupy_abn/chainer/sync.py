@@ -10,6 +10,8 @@ losses, like every other parameter; ``x.grad`` is this rank's slice of the globa
 """
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import chainer
 
 from ..sync import sync_abn_backward, sync_abn_forward
@@ -88,12 +90,14 @@ class InPlaceABNSync(_ABNLink):
     """
     _mode = "inplace"
 
-    def __init__(self, size: int, comm, decay: float = 0.9, eps: float = 2e-5, dtype=None,
-                 use_gamma: bool = True, use_beta: bool = True, initial_gamma=None,
-                 initial_beta=None, activation: str = "leaky_relu",
-                 activation_param: float = 0.01, mode: str = "inplace"):
+    def __init__(self, size: Optional[Any], comm, decay: float = 0.9, eps: float = 2e-5,
+                 dtype=None, use_gamma: bool = True, use_beta: bool = True,
+                 initial_gamma=None, initial_beta=None, activation: str = "leaky_relu",
+                 activation_param: float = 0.01, mode: str = "inplace", *,
+                 initial_avg_mean=None, initial_avg_var=None):
         super().__init__(size, decay, eps, dtype, use_gamma, use_beta, initial_gamma,
-                         initial_beta, activation, activation_param, mode)
+                         initial_beta, activation, activation_param, mode,
+                         initial_avg_mean=initial_avg_mean, initial_avg_var=initial_avg_var)
         self.comm = comm
 
     def _apply(self, x, gamma, beta, mean, var, **kw) -> chainer.Variable:
