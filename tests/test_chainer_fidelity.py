@@ -378,3 +378,17 @@ def test_evaluation_statistics_arrays_get_no_gradient_and_stay_unchanged():
     np.testing.assert_array_equal(mean, m0)
     np.testing.assert_array_equal(var, v0)
     assert xv.grad is not None
+
+
+@pytest.mark.parametrize("func", [C.inplace_abn, C.inplace_abn_v1])
+def test_in_place_evaluation_reads_variable_statistics_as_constants(func):
+    """The in-place modes are first order in x and the parameters only: statistics given as
+    Variables are read (same output as arrays) and get no gradient."""
+    x, gamma, beta, mean, var, gy, _, _ = _random_inputs((4, 3, 2), np.float64, 6)
+    mv, vv = chainer.Variable(mean.copy()), chainer.Variable(var.copy())
+    y = func(_fresh(x), gamma, beta, mv, vv, training=False, activation="identity")
+    want = func(_fresh(x), gamma, beta, mean, var, training=False, activation="identity")
+    np.testing.assert_array_equal(y.array, want.array)
+    y.grad = gy
+    y.backward()
+    assert mv.grad is None and vv.grad is None
