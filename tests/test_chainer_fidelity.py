@@ -392,3 +392,11 @@ def test_in_place_evaluation_reads_variable_statistics_as_constants(func):
     y.grad = gy
     y.backward()
     assert mv.grad is None and vv.grad is None
+
+
+def test_from_batch_normalization_needs_an_initialized_layer():
+    with pytest.raises(ValueError, match="size=None"):
+        C.InPlaceABN.from_batch_normalization(L.BatchNormalization(axis=(0, 2, 3)))
+    bn = L.BatchNormalization(axis=(0, 2, 3))
+    bn(_x((2, 3, 2, 2)))
+    assert C.InPlaceABN.from_batch_normalization(bn).avg_mean.shape == (3,)

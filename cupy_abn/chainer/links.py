@@ -204,6 +204,9 @@ class InPlaceABN(_ABNLink):
         -------
         InPlaceABN
         """
+        if bn.avg_mean is None:
+            raise ValueError("bn: expected an initialized L.BatchNormalization (size given, or "
+                             "called once), got one created with size=None that never ran")
         size = bn.avg_mean.shape[0]
         dtype = bn.avg_mean.dtype
         layer = cls(size, decay=bn.decay, eps=bn.eps, dtype=dtype,
