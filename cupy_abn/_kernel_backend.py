@@ -40,6 +40,9 @@ MAX_PARTS = 1024           # partials per channel
 MIN_WAVE_EFFICIENCY = 0.9  # reduction grids: blocks / (waves * resident blocks)
 N_COEF = 5                 # kernels/storage.h COEF_A .. COEF_T1: dx = (dy - t*A - B) * K
 MAX_ROW_GRID = 2 ** 31 - 1   # elementwise grids: blocks beyond it loop over further rows
+RES_ELEMS = 8              # kernels/channel_resident.cu: elements a thread holds
+RES_MAX_BLOCK = 1024       # kernels/channel_resident.cu: its largest block
+RESIDENT = True            # channels that fit one block take the one-launch path
 # Packs in flight per thread in the hot loops (UNROLL in the kernel files): one streamed
 # tensor (forward) or two (backward), 16-byte packs or single elements.
 UNROLL = {("forward", True): 4, ("forward", False): 8,
@@ -114,6 +117,17 @@ def row_plan(rows: int, row_len: int, unroll: int, max_block: int = MAX_BLOCK,
     return RowPlan(grid=grid, block=block, row_threads=row_threads)
 
 
+@functools.lru_cache(maxsize=1024)
+def resident_block(m_packs: int, vec: int, max_block: int = RES_MAX_BLOCK) -> int:
+    """Threads of a block that holds a whole channel of ``m_packs`` packs in registers
+    (``RES_ELEMS`` elements per thread, a power of two >= 32), or 0 when it does not fit."""
+    need = -(-m_packs // max(1, RES_ELEMS // vec))
+    block = MIN_BLOCK
+    while block < need:
+        block *= 2
+    return block if block <= min(RES_MAX_BLOCK, max_block) else 0
+
+
 def _ncs(shape):
     return int(shape[0]), int(shape[1]), math.prod(int(d) for d in shape[2:])
 
@@ -182,21 +196,36 @@ class KernelBackend:
                        args + self._no_finish(acc, args[5]))
         return args[5:9]
 
-    def train_stats(self, x, gamma, beta, running_mean, running_var, *, eps, decay,
-                    abs_gamma):
-        """Statistics (6, C) of a training forward in one launch (moments + finish)."""
+    def normalize_train(self, x, out, gamma, beta, running_mean, running_var, *, eps, decay,
+                        abs_gamma, activation, param):
+        """A training forward: statistics (6, C) and ``out``.  A channel that fits one block
+        takes one launch that reads x once (``normalize_train_resident``); otherwise
+        ``channel_moments`` finishes the statistics in its last block per channel, then
+        ``normalize_activate``."""
         acc = accum_dtype(x.dtype)
         c = int(x.shape[1])
-        fn, plan, args = self._moments(x, gamma.dtype)
-        stats = self.rt.empty((N_ROWS, c), acc)
         update = running_mean is not None
         rm = running_mean if update else gamma   # never written when update_running == 0
         rv = running_var if update else gamma
+        stats = self.rt.empty((N_ROWS, c), acc)
+        finish = (gamma, beta, rm, rv, np.int32(update), acc.type(eps), acc.type(decay),
+                  acc.type(1 - decay), np.int32(abs_gamma))
+        vector = self.vector_path(x.shape, x, out)
+        _, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
+        block = resident_block(m, K.vec_width(x.dtype, vector),
+                               self.rt.max_block) if RESIDENT else 0
+        if block:
+            fn = self._fn("channel_resident", "normalize_train_resident", store=x.dtype,
+                          param=gamma.dtype, act=ACTIVATIONS[activation].code, t=0,
+                          idx64=idx64, vector=vector)
+            self.rt.launch(fn, c, block, (x, out, np.uint32(c), it(row_len), it(m)) + finish
+                           + (acc.type(param), stats))
+            return stats
+        fn, plan, args = self._moments(x, gamma.dtype)
         arrivals = self.rt.zeros((c,), np.uint32) if plan.parts > 1 else args[5]
         self.rt.launch(fn, c * plan.parts, plan.block,
-                       args[:9] + (arrivals, np.int32(1), gamma, beta, rm, rv,
-                                   np.int32(update), acc.type(eps), acc.type(decay),
-                                   acc.type(1 - decay), np.int32(abs_gamma), stats))
+                       args + (arrivals, np.int32(1)) + finish + (stats,))
+        self.normalize_activate(x, out, stats, activation, param)
         return stats
 
     def _moments(self, x, param_dtype):
@@ -290,21 +319,35 @@ class KernelBackend:
                                np.int32(0), dummy, dummy, dummy))
         return args[10], args[11]
 
-    def grad_coefficients(self, terms, gamma, *, m, training, abs_gamma):
-        """dgamma, dbeta (gamma's dtype) and the coefficients of ``grad_input`` in one launch
-        (partial sums + finish)."""
-        stats = terms[3]
+    def backward_local(self, terms, gamma, dx, *, m, training, abs_gamma):
+        """A backward: dx into ``dx``; returns dgamma, dbeta (gamma's dtype).  A channel that
+        fits one block takes one launch that reads z and dz once (``grad_resident``);
+        otherwise ``grad_sums`` finishes the coefficients in its last block per channel, then
+        ``grad_input``."""
+        z, dz, src, stats, activation, param, t, vector = terms
         acc = np.dtype(stats.dtype)
-        fn, plan, args = self._grad_sums(terms, gamma.dtype)
-        c = int(args[4])
+        c = int(z.shape[1])
         dgamma, dbeta = self.rt.empty((c,), gamma.dtype), self.rt.empty((c,), gamma.dtype)
         coef = self.rt.empty((N_COEF, c), acc)
+        finish = (gamma, acc.type(m), np.int32(bool(training)), np.int32(bool(abs_gamma)),
+                  dgamma, dbeta, coef)
+        vector = vector and self.rt.aligned(dx, K.PACK_BYTES)
+        _, row_len, mp, it, idx64 = self._geometry(z.shape, z.dtype, vector)
+        block = resident_block(mp, K.vec_width(z.dtype, vector),
+                               self.rt.max_block) if RESIDENT else 0
+        if block:
+            fn = self._fn("channel_resident", "grad_resident", store=z.dtype, param=gamma.dtype,
+                          act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector)
+            self.rt.launch(fn, c, block,
+                           (z, dz, z if src is None else src, stats, np.uint32(c), it(row_len),
+                            it(mp), acc.type(param), _reciprocal(acc, param)) + finish + (dx,))
+            return dgamma, dbeta
+        terms = terms[:-1] + (vector,)
+        fn, plan, args = self._grad_sums(terms, gamma.dtype)
         arrivals = self.rt.zeros((c,), np.uint32) if plan.parts > 1 else args[10]
-        self.rt.launch(fn, c * plan.parts, plan.block,
-                       args + (arrivals, np.int32(1), gamma, acc.type(m),
-                               np.int32(bool(training)), np.int32(bool(abs_gamma)), dgamma,
-                               dbeta, coef))
-        return dgamma, dbeta, coef
+        self.rt.launch(fn, c * plan.parts, plan.block, args + (arrivals, np.int32(1)) + finish)
+        self.grad_input(terms, coef, dx)
+        return dgamma, dbeta
 
     def channel_backward(self, sum_dy, sum_dy_t, stats, gamma, *, m, t, training, abs_gamma):
         """dgamma and dbeta come back in gamma's dtype, coef (5, C) in the accumulation one."""

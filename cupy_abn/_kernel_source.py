@@ -49,6 +49,11 @@ FILES: Dict[str, KernelFile] = {
                              "channel_grads.cuh"), _STREAM + ("param", "act", "t")),
     "channel_backward": KernelFile("channel_backward.cu", ("channel_backward",),
                                    ("channel_reduce.cuh", "channel_grads.cuh"), ("param", "t")),
+    "channel_resident": KernelFile("channel_resident.cu",
+                                   ("normalize_train_resident", "grad_resident"),
+                                   ("activation.cuh", "channel_reduce.cuh", "channel_stats.cuh",
+                                    "grad_terms.cuh", "channel_grads.cuh"),
+                                   _STREAM + ("param", "act", "t")),
     "grad_input": KernelFile("grad_input.cu", ("grad_input",),
                              ("activation.cuh", "grad_terms.cuh"), _STREAM + ("act", "t")),
 }

@@ -77,11 +77,13 @@ class NumpyBackend:
             running_var[...] = decay * running_var.astype(acc) + (1 - decay) * unbiased
         return stats
 
-    def train_stats(self, x, gamma, beta, running_mean, running_var, *, eps, decay,
-                    abs_gamma):
-        """Statistics of a training forward without a synchronization hook."""
-        return self.channel_train(*self.moments(x), gamma, beta, running_mean, running_var,
-                                  eps=eps, decay=decay, abs_gamma=abs_gamma)
+    def normalize_train(self, x, out, gamma, beta, running_mean, running_var, *, eps, decay,
+                        abs_gamma, activation, param):
+        """A training forward without a synchronization hook: statistics, then ``out``."""
+        stats = self.channel_train(*self.moments(x), gamma, beta, running_mean, running_var,
+                                   eps=eps, decay=decay, abs_gamma=abs_gamma)
+        self.normalize_activate(x, out, stats, activation, param)
+        return stats
 
     def channel_eval(self, gamma, beta, running_mean, running_var, *, eps, abs_gamma, acc):
         stats = np.empty((N_ROWS, gamma.shape[0]), dtype=acc)
@@ -138,11 +140,14 @@ class NumpyBackend:
         return (dy.sum(axis=(0, 2), dtype=acc)[:, None],
                 (dy * tt).sum(axis=(0, 2), dtype=acc)[:, None])
 
-    def grad_coefficients(self, terms, gamma, *, m, training, abs_gamma):
-        """dgamma, dbeta and the coefficients of dx without a synchronization hook."""
+    def backward_local(self, terms, gamma, dx, *, m, training, abs_gamma):
+        """A backward without a synchronization hook: dx into ``dx``, returns dgamma, dbeta."""
         _, _, stats, t = terms
-        return self.channel_backward(*self.grad_sums(terms), stats, gamma, m=m, t=t,
-                                     training=training, abs_gamma=abs_gamma)
+        dgamma, dbeta, coef = self.channel_backward(*self.grad_sums(terms), stats, gamma, m=m,
+                                                    t=t, training=training,
+                                                    abs_gamma=abs_gamma)
+        self.grad_input(terms, coef, dx)
+        return dgamma, dbeta
 
     def channel_backward(self, sum_dy, sum_dy_t, stats, gamma, *, m, t, training, abs_gamma):
         """dL/dgamma, dL/dbeta and the coefficients of dx = (dy - t*A - B) * K."""

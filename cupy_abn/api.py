@@ -85,23 +85,25 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
     abs_gamma = mode != "standard"
     size = x.size
     m = global_count if global_count is not None else size // x.shape[1]
-    if training and combine_moments is None:   # reduction and finish: one launch on a GPU
-        stats = be.train_stats(x, gamma, beta, running_mean, running_var, eps=eps, decay=decay,
-                               abs_gamma=abs_gamma)
-    elif training:   # the partials cross processes between the reduction and its finish
-        partials = be.moments(x) if size else _empty_moments(be, x)
-        stats = be.channel_train(*combine_moments(*partials), gamma, beta, running_mean,
-                                 running_var, eps=eps, decay=decay, abs_gamma=abs_gamma)
-    else:
-        stats = be.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
-                                abs_gamma=abs_gamma, acc=accum_dtype(x.dtype))
     if mode == "standard":
         x = be.ascontiguous(x)
         z = be.empty_like(x)
     else:
         z = x
-    if size:
-        be.normalize_activate(x, z, stats, activation, activation_param)
+    if training and combine_moments is None:   # statistics and output: 1-2 launches on a GPU
+        stats = be.normalize_train(x, z, gamma, beta, running_mean, running_var, eps=eps,
+                                   decay=decay, abs_gamma=abs_gamma, activation=activation,
+                                   param=activation_param)
+    else:
+        if training:   # the partials cross processes between the reduction and its finish
+            partials = be.moments(x) if size else _empty_moments(be, x)
+            stats = be.channel_train(*combine_moments(*partials), gamma, beta, running_mean,
+                                     running_var, eps=eps, decay=decay, abs_gamma=abs_gamma)
+        else:
+            stats = be.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
+                                    abs_gamma=abs_gamma, acc=accum_dtype(x.dtype))
+        if size:
+            be.normalize_activate(x, z, stats, activation, activation_param)
     saved = SavedState(mode=mode, activation=activation, activation_param=activation_param,
                        training=training, eps=float(eps), m=float(m), z=z,
                        x=x if mode == "standard" else None, stats=stats, gamma=gamma,
@@ -158,10 +160,10 @@ def _backward(be, saved, z, grad_output, out, combine_sums):
     if size:
         terms = be.backward_terms(z, grad_output, saved.x, saved.stats, saved.activation,
                                   saved.activation_param, t)
-    if size and combine_sums is None:   # reduction and finish: one launch on a GPU
-        dgamma, dbeta, coef = be.grad_coefficients(terms, saved.gamma, m=saved.m,
-                                                   training=saved.training,
-                                                   abs_gamma=abs_gamma)
+    dx = be.empty_like(z) if out is None else out
+    if size and combine_sums is None:   # sums, coefficients and dx: 1-2 launches on a GPU
+        dgamma, dbeta = be.backward_local(terms, saved.gamma, dx, m=saved.m,
+                                          training=saved.training, abs_gamma=abs_gamma)
     else:   # the partial sums cross processes between the reduction and its finish
         sums = be.grad_sums(terms) if size else _empty_moments(be, z)[1:3]
         if combine_sums is not None:
@@ -169,9 +171,8 @@ def _backward(be, saved, z, grad_output, out, combine_sums):
         dgamma, dbeta, coef = be.channel_backward(*sums, saved.stats, saved.gamma, m=saved.m,
                                                   t=t, training=saved.training,
                                                   abs_gamma=abs_gamma)
-    dx = be.empty_like(z) if out is None else out
-    if size:
-        be.grad_input(terms, coef, dx)
+        if size:
+            be.grad_input(terms, coef, dx)
     return dx, dgamma, dbeta
 
 

@@ -9,16 +9,13 @@
  * dgamma and dbeta are written in the parameter dtype.
  * Needs: storage.h (PARAM_BITS, ACC_BITS), channel_reduce.cuh (collect), T_KIND. */
 
-DEVICE void finish_grads(GLOBAL acc_t *sum_dy, GLOBAL acc_t *sum_dy_t, unsigned int parts,
-                         unsigned int c, unsigned int channels, GLOBAL const acc_t *stats,
-                         GLOBAL const param_t *gamma, acc_t m, int training, int abs_gamma,
-                         GLOBAL param_t *dgamma, GLOBAL param_t *dbeta, GLOBAL acc_t *coef)
+/* dgamma, dbeta and the coefficients of channel c from its sums; returns nothing, the
+ * coefficients are in coef[.. * channels + c]. */
+DEVICE void finish_grad_sums(acc_t sdy, acc_t sdt, unsigned int c, unsigned int channels,
+                             GLOBAL const acc_t *stats, GLOBAL const param_t *gamma, acc_t m,
+                             int training, int abs_gamma, GLOBAL param_t *dgamma,
+                             GLOBAL param_t *dbeta, GLOBAL acc_t *coef)
 {
-    acc_t sdy = 0, sdt = 0;
-    for (unsigned int b = 0; b < parts; ++b) {
-        sdy += collect(sum_dy + c * parts + b);
-        sdt += collect(sum_dy_t + c * parts + b);
-    }
     const acc_t g = stats[ROW_G * channels + c];
     const acc_t invstd = stats[ROW_INVSTD * channels + c];
 #if T_KIND == T_U
@@ -48,4 +45,19 @@ DEVICE void finish_grads(GLOBAL acc_t *sum_dy, GLOBAL acc_t *sum_dy_t, unsigned 
     const acc_t sign = (abs_gamma && LOAD_P(gamma, c) < (acc_t)0) ? (acc_t)-1 : (acc_t)1;
     STORE_P(dgamma, c, dldg * sign);
     STORE_P(dbeta, c, sdy);
+}
+
+/* The same from channel c's B partial sums, added in order b = 0 .. B-1. */
+DEVICE void finish_grads(GLOBAL acc_t *sum_dy, GLOBAL acc_t *sum_dy_t, unsigned int parts,
+                         unsigned int c, unsigned int channels, GLOBAL const acc_t *stats,
+                         GLOBAL const param_t *gamma, acc_t m, int training, int abs_gamma,
+                         GLOBAL param_t *dgamma, GLOBAL param_t *dbeta, GLOBAL acc_t *coef)
+{
+    acc_t sdy = 0, sdt = 0;
+    for (unsigned int b = 0; b < parts; ++b) {
+        sdy += collect(sum_dy + c * parts + b);
+        sdt += collect(sum_dy_t + c * parts + b);
+    }
+    finish_grad_sums(sdy, sdt, c, channels, stats, gamma, m, training, abs_gamma, dgamma, dbeta,
+                     coef);
 }

@@ -28,6 +28,26 @@ typedef struct {
     GLOBAL param_t *running_var;
 } channel_params;
 
+/* The statistics of channel c from its merged (n, mean of x - shift, M2). */
+DEVICE void finish_moments(acc_t n, acc_t mu, acc_t m2, unsigned int c, unsigned int channels,
+                           acc_t shift, channel_params p, int update_running, acc_t eps,
+                           acc_t decay, acc_t one_minus_decay, int abs_gamma,
+                           GLOBAL acc_t *stats)
+{
+    const acc_t mean_c = shift + mu;
+    const acc_t var_c = m2 / n;
+    finish_stats(stats, c, channels, mean_c, var_c, LOAD_P(p.gamma, c), LOAD_P(p.beta, c), eps,
+                 abs_gamma);
+    if (update_running) {
+        /* m / max(m - 1, 1): one value per channel keeps its (zero) variance, as Chainer */
+        const acc_t unbiased = var_c * n / (n > (acc_t)1 ? n - (acc_t)1 : (acc_t)1);
+        STORE_P(p.running_mean, c,
+                decay * LOAD_P(p.running_mean, c) + one_minus_decay * mean_c);
+        STORE_P(p.running_var, c, decay * LOAD_P(p.running_var, c) + one_minus_decay * unbiased);
+    }
+}
+
+/* The statistics of channel c from its B partials, merged in order b = 0 .. B-1. */
 DEVICE void finish_train(GLOBAL acc_t *count, GLOBAL acc_t *mean, GLOBAL acc_t *m2,
                          unsigned int parts, unsigned int c, unsigned int channels,
                          acc_t shift, channel_params p, int update_running, acc_t eps,
@@ -51,15 +71,6 @@ DEVICE void finish_train(GLOBAL acc_t *count, GLOBAL acc_t *mean, GLOBAL acc_t *
         q += collect(m2 + base + b);
         spread += cnt * (d * d);
     }
-    const acc_t mean_c = shift + mu;
-    const acc_t var_c = (q + spread) / n;
-    finish_stats(stats, c, channels, mean_c, var_c, LOAD_P(p.gamma, c), LOAD_P(p.beta, c), eps,
-                 abs_gamma);
-    if (update_running) {
-        /* m / max(m - 1, 1): one value per channel keeps its (zero) variance, as Chainer */
-        const acc_t unbiased = var_c * n / (n > (acc_t)1 ? n - (acc_t)1 : (acc_t)1);
-        STORE_P(p.running_mean, c,
-                decay * LOAD_P(p.running_mean, c) + one_minus_decay * mean_c);
-        STORE_P(p.running_var, c, decay * LOAD_P(p.running_var, c) + one_minus_decay * unbiased);
-    }
+    finish_moments(n, mu, q + spread, c, channels, shift, p, update_running, eps, decay,
+                   one_minus_decay, abs_gamma, stats);
 }

@@ -8,7 +8,7 @@
 #define GLOBAL __global
 #define SHARED __local
 #define SHARED_PTR __local   /* address space of a pointer into SHARED */
-#define BARRIER() barrier(CLK_LOCAL_MEM_FENCE)
+#define BARRIER() barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE)   /* as __syncthreads */
 #define THREAD_ID ((unsigned int)get_local_id(0))
 #define BLOCK_ID ((unsigned int)get_group_id(0))
 #define BLOCK_SIZE ((unsigned int)get_local_size(0))

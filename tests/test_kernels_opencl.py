@@ -31,8 +31,17 @@ def queue():
     return q
 
 
+@pytest.fixture(params=["resident", "two-pass"])
+def path(request, monkeypatch):
+    """Channels that fit one block take the one-launch resident kernels; the two-pass path
+    (reduction, then elementwise) is what larger channels take: both run every case."""
+    from cupy_abn import _kernel_backend
+    monkeypatch.setattr(_kernel_backend, "RESIDENT", request.param == "resident")
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_api_on_opencl_matches_reference_and_numpy(queue, case):
+def test_api_on_opencl_matches_reference_and_numpy(queue, case, path):
     check_case(case, lambda a: cla.to_device(queue, np.ascontiguousarray(a)),
                lambda a: a.get())
 
@@ -107,6 +116,7 @@ def test_grid_smaller_than_the_rows(queue, shape, monkeypatch):
     with a row step that is not a multiple of C), on the scalar and the vector path."""
     from cupy_abn import _kernel_backend
     from tests._kernel_matrix import Case
+    monkeypatch.setattr(_kernel_backend, "RESIDENT", False)   # the elementwise kernels
     for grid in (1, 2):
         monkeypatch.setattr(_kernel_backend, "MAX_ROW_GRID", grid)
         for mode in ("standard", "inplace"):
@@ -138,20 +148,32 @@ def _launches(queue, shape, dtype, monkeypatch):
     ((2, 3, 2, 3), np.float64, "2"), ((2, 3, 7, 7), np.float32, "1"),
     ((2, 3, 2, 6), np.float16, "1")],
     ids=["f32-8x8-packs", "f16-4x4-packs", "f64-2x3-packs", "f32-7x7-scalar", "f16-2x6-scalar"])
-def test_launch_logic_picks_the_vector_or_scalar_path(queue, shape, dtype, vec, monkeypatch):
+def test_launch_logic_picks_the_vector_or_scalar_path(queue, shape, dtype, vec, path,
+                                                      monkeypatch):
     """Rows of whole 16-byte packs stream packs; other rows (7x7: 49 elements) elements."""
     seen = _launches(queue, shape, dtype, monkeypatch)
     streaming = [(e, v) for e, v in seen if v is not None]
-    assert {e for e, _ in streaming} == {"channel_moments", "normalize_activate", "grad_sums",
-                                         "grad_input"}
+    want = ({"normalize_train_resident", "grad_resident"} if path == "resident" else
+            {"channel_moments", "normalize_activate", "grad_sums", "grad_input"})
+    assert {e for e, _ in streaming} == want
     assert {v for _, v in streaming} == {vec}, streaming
 
 
 def test_a_training_step_takes_two_launches_each_way(queue, monkeypatch):
-    """Without a synchronization hook the reductions finish in their last block."""
+    """Channels too large for one block: the reductions finish in their last block."""
     seen = _launches(queue, BIG, np.float32, monkeypatch)
     assert [e for e, _ in seen] == ["channel_moments", "normalize_activate", "grad_sums",
                                     "grad_input"], seen
+
+
+def test_small_channels_take_one_launch_each_way(queue, monkeypatch):
+    """32x2048x7x7-like channels (m = 1568 <= 8 elements x 256 threads) are held by one block:
+    one launch per pass, x (z, dz) read once."""
+    from cupy_abn._kernel_backend import resident_block
+    seen = _launches(queue, (32, 2, 7, 7), np.float32, monkeypatch)
+    assert [e for e, _ in seen] == ["normalize_train_resident", "grad_resident"], seen
+    assert resident_block(32 * 49, 1) == 256
+    assert resident_block(32 * 784, 1) == 0           # 32x512x28x28: two passes
 
 
 def test_scalar_path_on_rows_that_could_take_packs(queue, monkeypatch):

@@ -1,0 +1,152 @@
+/* Channels small enough for one block: the block holds the whole channel in registers
+ * (RES_ELEMS elements per thread, as RES_ELEMS / VEC packs), so the tensor is read once and
+ * each pass is one launch.  x viewed as (N, C, S), S = row_len packs; block c is channel c;
+ * thread tid holds the channel's packs j = tid + k * BLOCK_SIZE (j = n * row_len + s).
+ *   normalize_train_resident: moments (shifted sums, Chan merge in the block), statistics and
+ *     running statistics (channel_stats.cuh), then z = phi((x - mean) * scale + beta) from the
+ *     registers: reads x once (the two-pass path reads it twice).
+ *   grad_resident: the backward sums (grad_terms.cuh), dgamma, dbeta and the coefficients
+ *     (channel_grads.cuh), then dx from the registers: reads z and dz once.
+ * out may be x and dx may be dz: each pack is read, then written, by the same thread.
+ * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), activation.cuh,
+ * channel_reduce.cuh, channel_stats.cuh, grad_terms.cuh, channel_grads.cuh, T_KIND. */
+#define RES_ELEMS 8
+#define RES_PACKS (RES_ELEMS / VEC)
+#define RES_MAX_BLOCK 1024
+
+/* Where thread tid's k-th pack of the channel lies, and whether it exists. */
+DEVICE void resident_slots(idx_t row_len, idx_t m, idx_t plane, idx_t *at, int *have)
+{
+    walk_t w = walk_start(THREAD_ID, BLOCK_SIZE, row_len);
+    for (int k = 0; k < RES_PACKS; ++k) {
+        have[k] = (idx_t)THREAD_ID + (idx_t)k * BLOCK_SIZE < m;
+        at[k] = w.row * plane + w.col;
+        walk_step(&w);
+    }
+}
+
+KERNEL LAUNCH_BOUNDS(RES_MAX_BLOCK, 1)
+void normalize_train_resident(GLOBAL const store_t *x, GLOBAL store_t *out,
+                              unsigned int channels, idx_t row_len, idx_t m,
+                              GLOBAL const param_t *gamma, GLOBAL const param_t *beta,
+                              GLOBAL param_t *running_mean, GLOBAL param_t *running_var,
+                              int update_running, acc_t eps, acc_t decay,
+                              acc_t one_minus_decay, int abs_gamma, acc_t param,
+                              GLOBAL acc_t *stats)
+{
+    SHARED acc_t s_n[RES_MAX_BLOCK];
+    SHARED acc_t s_mean[RES_MAX_BLOCK];
+    SHARED acc_t s_m2[RES_MAX_BLOCK];
+    const unsigned int c = BLOCK_ID;
+    const idx_t first = (idx_t)c * row_len * VEC;
+    GLOBAL const store_t *xc = x + first;
+    GLOBAL store_t *outc = out + first;
+    const acc_t sh = LOAD_X(xc, 0);
+
+    idx_t at[RES_PACKS];
+    int have[RES_PACKS];
+    resident_slots(row_len, m, (idx_t)channels * row_len, at, have);
+    acc_t v[RES_PACKS][VEC];
+    for (int k = 0; k < RES_PACKS; ++k)
+        if (have[k]) load_pack(xc, at[k], v[k]);
+    acc_t s1 = 0, s2 = 0;
+    unsigned int packs = 0;
+    for (int k = 0; k < RES_PACKS; ++k)
+        if (have[k]) {
+            for (int e = 0; e < VEC; ++e) {
+                const acc_t d = v[k][e] - sh;
+                s1 += d;
+                s2 += d * d;
+            }
+            packs += 1;
+        }
+    acc_t n = (acc_t)(packs * VEC), mu = 0, q = 0;
+    if (packs != 0) {
+        mu = s1 / n;
+        q = s2 - s1 * mu;
+        q = q > (acc_t)0 ? q : (acc_t)0;
+    }
+    block_merge_moments(s_n, s_mean, s_m2, &n, &mu, &q);
+    if (THREAD_ID == 0) {
+        channel_params p;
+        p.gamma = gamma;
+        p.beta = beta;
+        p.running_mean = running_mean;
+        p.running_var = running_var;
+        finish_moments(n, mu, q, c, channels, sh, p, update_running, eps, decay,
+                       one_minus_decay, abs_gamma, stats);
+        s_n[0] = stats[ROW_MEAN * channels + c];   /* the block's copy of its constants */
+        s_mean[0] = stats[ROW_SCALE * channels + c];
+        s_m2[0] = stats[ROW_BETA * channels + c];
+    }
+    BARRIER();
+    const acc_t mean = s_n[0], scale = s_mean[0], shift_y = s_m2[0];
+    for (int k = 0; k < RES_PACKS; ++k)
+        if (have[k]) {
+            for (int e = 0; e < VEC; ++e)
+                v[k][e] = act_forward((v[k][e] - mean) * scale + shift_y, param);
+            store_pack(outc, at[k], v[k]);
+        }
+}
+
+KERNEL LAUNCH_BOUNDS(RES_MAX_BLOCK, 1)
+void grad_resident(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const store_t *x,
+                   GLOBAL const acc_t *stats, unsigned int channels, idx_t row_len, idx_t m,
+                   acc_t param, acc_t rparam, GLOBAL const param_t *gamma, acc_t m_count,
+                   int training, int abs_gamma, GLOBAL param_t *dgamma, GLOBAL param_t *dbeta,
+                   GLOBAL acc_t *coef, GLOBAL store_t *dx)
+{
+    SHARED acc_t s_a[RES_MAX_BLOCK];
+    SHARED acc_t s_b[RES_MAX_BLOCK];
+    const unsigned int c = BLOCK_ID;
+    const idx_t first = (idx_t)c * row_len * VEC;
+    GLOBAL const store_t *zc = z + first;
+    GLOBAL const store_t *dzc = dz + first;
+    GLOBAL const store_t *xc = x + first;
+    GLOBAL store_t *dxc = dx + first;
+    acc_t t_shift, t_scale;
+    t_constants(stats, c, channels, &t_shift, &t_scale);
+
+    idx_t at[RES_PACKS];
+    int have[RES_PACKS];
+    resident_slots(row_len, m, (idx_t)channels * row_len, at, have);
+    acc_t vz[RES_PACKS][VEC], vdz[RES_PACKS][VEC], vx[RES_PACKS][VEC];
+    for (int k = 0; k < RES_PACKS; ++k)
+        if (have[k]) {
+            load_pack(zc, at[k], vz[k]);
+            load_pack(dzc, at[k], vdz[k]);
+#if T_KIND == T_XHAT_FROM_X
+            load_pack(xc, at[k], vx[k]);
+#endif
+        }
+    acc_t sdy = 0, sdt = 0;
+    for (int k = 0; k < RES_PACKS; ++k)
+        if (have[k])
+            for (int e = 0; e < VEC; ++e) {
+                acc_t dy, t;
+                grad_terms(vz[k][e], vdz[k][e], vx[k][e], param, rparam, t_shift, t_scale,
+                           &dy, &t);
+                sdy += dy;
+                sdt += dy * t;
+            }
+    block_sum2(s_a, s_b, &sdy, &sdt);
+    if (THREAD_ID == 0) {
+        finish_grad_sums(sdy, sdt, c, channels, stats, gamma, m_count, training, abs_gamma,
+                         dgamma, dbeta, coef);
+        s_a[0] = coef[COEF_A * channels + c];   /* the block's copy of its coefficients */
+        s_a[1] = coef[COEF_B * channels + c];
+        s_a[2] = coef[COEF_K * channels + c];
+    }
+    BARRIER();
+    const acc_t ca = s_a[0], cb = s_a[1], ck = s_a[2];
+    for (int k = 0; k < RES_PACKS; ++k)
+        if (have[k]) {
+            for (int e = 0; e < VEC; ++e) {
+                acc_t dy, t;
+                grad_terms(vz[k][e], vdz[k][e], vx[k][e], param, rparam, t_shift, t_scale,
+                           &dy, &t);
+                vz[k][e] = (dy - t * ca - cb) * ck;
+            }
+            store_pack(dxc, at[k], vz[k]);
+        }
+}
