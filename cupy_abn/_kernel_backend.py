@@ -277,16 +277,34 @@ class KernelBackend:
         return stats
 
     def normalize_activate(self, x, out, stats, activation, param):
+        """out = phi((x - mean) * scale + beta) with the constants of ``stats``."""
+        acc = np.dtype(stats.dtype)
+        z = acc.type(0)
+        self._normalize(x, out, stats, activation, param, acc,
+                        (np.int32(0), stats, stats, stats, stats, z, np.int32(0)))
+
+    def normalize_eval(self, x, out, gamma, beta, running_mean, running_var, *, eps, abs_gamma,
+                       activation, param):
+        """An evaluation forward in one launch: each row computes its channel's constants
+        from the running statistics; returns stats (6, C) for the backward."""
+        acc = accum_dtype(x.dtype)
+        stats = self.rt.empty((N_ROWS, int(x.shape[1])), acc)
+        self._normalize(x, out, stats, activation, param, gamma.dtype,
+                        (np.int32(1), gamma, beta, running_mean, running_var, acc.type(eps),
+                         np.int32(abs_gamma)))
+        return stats
+
+    def _normalize(self, x, out, stats, activation, param, param_dtype, tail):
         vector = self.vector_path(x.shape, x, out)
         c, row_len, _, it, idx64 = self._geometry(x.shape, x.dtype, vector)
         rows = x.shape[0] * c
         plan = row_plan(rows, row_len, UNROLL["forward", vector], self.rt.max_block,
                         MAX_ROW_GRID)
-        fn = self._fn("normalize_activate", store=x.dtype, act=ACTIVATIONS[activation].code,
-                      idx64=idx64, vector=vector)
+        fn = self._fn("normalize_activate", store=x.dtype, param=param_dtype,
+                      act=ACTIVATIONS[activation].code, idx64=idx64, vector=vector)
         self.rt.launch(fn, plan.grid, plan.block,
                        (x, out, stats, np.uint32(c), it(row_len), it(rows),
-                        np.uint32(plan.row_threads), np.dtype(stats.dtype).type(param)))
+                        np.uint32(plan.row_threads), np.dtype(stats.dtype).type(param)) + tail)
 
     # ---- backward --------------------------------------------------------------------------
     def backward_terms(self, z, dz, x, stats, activation, param, t):

@@ -43,7 +43,7 @@ FILES: Dict[str, KernelFile] = {
     "channel_train": KernelFile("channel_train.cu", ("channel_train", "channel_eval"),
                                 ("channel_reduce.cuh", "channel_stats.cuh"), ("param",)),
     "normalize_activate": KernelFile("normalize_activate.cu", ("normalize_activate",),
-                                     ("activation.cuh",), _STREAM + ("act",)),
+                                     ("activation.cuh",), _STREAM + ("param", "act")),
     "grad_sums": KernelFile("grad_sums.cu", ("grad_sums",),
                             ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh",
                              "channel_grads.cuh"), _STREAM + ("param", "act", "t")),

@@ -85,6 +85,14 @@ class NumpyBackend:
         self.normalize_activate(x, out, stats, activation, param)
         return stats
 
+    def normalize_eval(self, x, out, gamma, beta, running_mean, running_var, *, eps, abs_gamma,
+                       activation, param):
+        """An evaluation forward: statistics from the running ones, then ``out``."""
+        stats = self.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
+                                  abs_gamma=abs_gamma, acc=accum_dtype(x.dtype))
+        self.normalize_activate(x, out, stats, activation, param)
+        return stats
+
     def channel_eval(self, gamma, beta, running_mean, running_var, *, eps, abs_gamma, acc):
         stats = np.empty((N_ROWS, gamma.shape[0]), dtype=acc)
         stats[MEAN] = running_mean

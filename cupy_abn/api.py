@@ -94,16 +94,19 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
         stats = be.normalize_train(x, z, gamma, beta, running_mean, running_var, eps=eps,
                                    decay=decay, abs_gamma=abs_gamma, activation=activation,
                                    param=activation_param)
-    else:
-        if training:   # the partials cross processes between the reduction and its finish
-            partials = be.moments(x) if size else _empty_moments(be, x)
-            stats = be.channel_train(*combine_moments(*partials), gamma, beta, running_mean,
-                                     running_var, eps=eps, decay=decay, abs_gamma=abs_gamma)
-        else:
-            stats = be.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
-                                    abs_gamma=abs_gamma, acc=accum_dtype(x.dtype))
+    elif training:   # the partials cross processes between the reduction and its finish
+        partials = be.moments(x) if size else _empty_moments(be, x)
+        stats = be.channel_train(*combine_moments(*partials), gamma, beta, running_mean,
+                                 running_var, eps=eps, decay=decay, abs_gamma=abs_gamma)
         if size:
             be.normalize_activate(x, z, stats, activation, activation_param)
+    elif size:   # one launch on a GPU
+        stats = be.normalize_eval(x, z, gamma, beta, running_mean, running_var, eps=eps,
+                                  abs_gamma=abs_gamma, activation=activation,
+                                  param=activation_param)
+    else:
+        stats = be.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
+                                abs_gamma=abs_gamma, acc=accum_dtype(x.dtype))
     saved = SavedState(mode=mode, activation=activation, activation_param=activation_param,
                        training=training, eps=float(eps), m=float(m), z=z,
                        x=x if mode == "standard" else None, stats=stats, gamma=gamma,

@@ -2,13 +2,19 @@
  * row_len packs.  row_threads threads (a power of two) share a row, so the channel and its
  * three constants are fetched once per row and stay in registers; UNROLL packs per thread are
  * in flight.  out may be x (in place): each pack is read, then written, by the same thread.
- * Needs: storage.h (STORE_BITS, ACC_BITS, IDX64, VEC), activation.cuh. */
+ * The constants come from stats (training), or, with from_running != 0 (evaluation: one
+ * launch), from the parameters and running statistics, each row computing its channel's
+ * (rsqrt: no division) and the rows of the first sample writing stats for the backward.
+ * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), activation.cuh. */
 #define UNROLL (VEC == 1 ? 8 : 4)
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
-void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out,
-                        GLOBAL const acc_t *stats, unsigned int channels, idx_t row_len,
-                        idx_t rows, unsigned int row_threads, acc_t param)
+void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out, GLOBAL acc_t *stats,
+                        unsigned int channels, idx_t row_len, idx_t rows,
+                        unsigned int row_threads, acc_t param, int from_running,
+                        GLOBAL const param_t *gamma, GLOBAL const param_t *beta,
+                        GLOBAL const param_t *running_mean, GLOBAL const param_t *running_var,
+                        acc_t eps, int abs_gamma)
 {
     const unsigned int lane = THREAD_ID & (row_threads - 1);
     const unsigned int rows_per_block = BLOCK_SIZE / row_threads;
@@ -18,9 +24,28 @@ void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out,
     unsigned int c = (unsigned int)(r % channels);
     const unsigned int dc = (unsigned int)(row_step % channels);
     for (; r < rows; r += row_step) {
-        const acc_t mean = stats[ROW_MEAN * channels + c];
-        const acc_t scale = stats[ROW_SCALE * channels + c];
-        const acc_t beta = stats[ROW_BETA * channels + c];
+        acc_t mean, scale, shift_y;
+        if (from_running) {
+            const acc_t var = LOAD_P(running_var, c);
+            const acc_t invstd = ACC_FN(rsqrt)(var + eps);
+            const acc_t gm = LOAD_P(gamma, c);
+            const acc_t g = abs_gamma ? ACC_FN(fabs)(gm) + eps : gm;
+            mean = LOAD_P(running_mean, c);
+            scale = g * invstd;
+            shift_y = LOAD_P(beta, c);
+            if (r < channels && lane == 0) {
+                stats[ROW_MEAN * channels + c] = mean;
+                stats[ROW_VAR * channels + c] = var;
+                stats[ROW_INVSTD * channels + c] = invstd;
+                stats[ROW_G * channels + c] = g;
+                stats[ROW_SCALE * channels + c] = scale;
+                stats[ROW_BETA * channels + c] = shift_y;
+            }
+        } else {
+            mean = stats[ROW_MEAN * channels + c];
+            scale = stats[ROW_SCALE * channels + c];
+            shift_y = stats[ROW_BETA * channels + c];
+        }
         const idx_t base = r * row_len;
         for (idx_t j = lane; j < row_len; j += UNROLL * row_threads) {
             acc_t v[UNROLL][VEC];
@@ -29,7 +54,7 @@ void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out,
             for (int u = 0; u < UNROLL; ++u)
                 if (j + u * row_threads < row_len) {
                     for (int k = 0; k < VEC; ++k)
-                        v[u][k] = act_forward((v[u][k] - mean) * scale + beta, param);
+                        v[u][k] = act_forward((v[u][k] - mean) * scale + shift_y, param);
                     store_pack(out, base + j + u * row_threads, v[u]);
                 }
         }
