@@ -96,16 +96,22 @@ def test_vector_loads_on_the_vector_path(passes):
 
 
 def test_sass_bytes_per_element_are_the_minimal_traffic(passes):
+    """Per pass, the hot loops' LDG/STG bytes per element are what the launches must move
+    (each streamed tensor once per launch), and that is the two-pass minimal traffic or less
+    (a channel held in registers reads x, or z and dz, once).  Launches without a loop over
+    the tensor (straight-line code, the channel-resident kernels) mix per-channel loads into
+    their counts: Oclgrind's count below covers them."""
     bad = []
     for p in passes:
-        if p["mode"] not in INPLACE:
+        if p["mode"] not in INPLACE or p.get("straight_line_launches"):
             continue
-        got, want = p["global_bytes_per_element"], p["minimal_bytes_per_element"]
-        if abs(got - want) > 1e-9:
+        got, want = p["global_bytes_per_element"], p["launch_bytes_per_element"]
+        if abs(got - want) > 1e-9 or want > p["minimal_bytes_per_element"]:
             detail = [(r["entry"], r["loop"]["load_bytes_per_element"],
                        r["loop"]["store_bytes_per_element"]) for r in p["launches"]
                       if r["loop"]]
-            bad.append(f"{_name(p)}: {got:g} B/element, minimal {want:g}: {detail}")
+            bad.append(f"{_name(p)}: {got:g} B/element, launches must move {want:g}, "
+                       f"two-pass minimal {p['minimal_bytes_per_element']:g}: {detail}")
     assert not bad, "\n".join(bad[:12])
 
 
@@ -143,10 +149,13 @@ def _has_oclgrind():
         return False
 
 
-# Rows of 64x64 and of 128x128 elements (the vector path): per-row and per-thread values do
-# not grow with the row, per-element traffic grows 4x.
-OCL_SHAPES = ((2, 4, 64, 64), (2, 4, 128, 128))
+# m = 8192 per channel (a channel that fits one block: the resident path where the library
+# has one), then rows of 128x128 and 256x256 (m = 32768 and 131072: the two-pass path) where
+# per-row and per-thread values do not grow with the row, per-element traffic grows 4x.
+OCL_SHAPES = ((2, 4, 64, 64), (2, 2, 128, 128), (2, 2, 256, 256))
 MINIMAL = C.MINIMAL_TENSORS
+# A channel that fits one block is held in registers: x (or z and dz) read once.
+ONE_PASS = {"forward_train": 2, "forward_eval": 2, "backward": 3}
 
 
 @pytest.mark.oclgrind
@@ -156,7 +165,8 @@ MINIMAL = C.MINIMAL_TENSORS
 @pytest.mark.parametrize("kind", ["forward_train", "forward_eval", "backward"])
 def test_oclgrind_bytes_per_element_are_the_minimal_traffic(kind, dtype):
     """Global loads and stores counted by Oclgrind.  Tensor data (the pack built-ins) move
-    exactly the minimal traffic, within 5% for the per-thread shift of the statistics; the
+    exactly the minimal traffic (two passes, or one where a channel is held in registers),
+    within 5% for the per-thread shift of the statistics; the
     other global accesses (per-channel values, partials) are per row or per thread, not per
     element: they grow less than 2x when the rows grow 4x."""
     from benchmarks.static import oclgrind_traffic as O
@@ -166,11 +176,12 @@ def test_oclgrind_bytes_per_element_are_the_minimal_traffic(kind, dtype):
         per_kernel = O.count(kind, dtype, "inplace", shape)
         numel = int(np.prod(shape))
         tensor = sum(v["tensor_load"] + v["tensor_store"] for v in per_kernel.values())
-        want = MINIMAL[kind] * numel * item
-        assert want <= tensor <= 1.05 * want, (
-            f"{kind} {dtype} {shape}: {tensor / numel / item:.3f} tensors moved, minimal "
-            f"{MINIMAL[kind]}; bytes per kernel {per_kernel}")
+        ok = any(t * numel * item <= tensor <= 1.05 * t * numel * item
+                 for t in (MINIMAL[kind], ONE_PASS[kind]))
+        assert ok, (f"{kind} {dtype} {shape}: {tensor / numel / item:.3f} tensors moved, "
+                    f"minimal {MINIMAL[kind]} (two passes) or {ONE_PASS[kind]} (one); "
+                    f"bytes per kernel {per_kernel}")
         other.append(sum(v["other_load"] + v["other_store"] for v in per_kernel.values()))
-    assert other[1] <= 2 * max(other[0], 1), (
+    assert other[2] <= 2 * max(other[1], 1), (
         f"{kind} {dtype}: per-channel/partial traffic grows with the elements: "
-        f"{other[0]} -> {other[1]} bytes for 4x the elements")
+        f"{other[1]} -> {other[2]} bytes for 4x the elements")

@@ -50,8 +50,13 @@ def _read_sass(job) -> Dict[str, dict]:
     res = _nvrtc.compile_variant(_nvrtc.load(major), family, defines, target)
     out = {}
     for entry, instrs in S.sass(res.data).items():
+        ld = [i for i in instrs if i.base == "LDG"]
+        st = [i for i in instrs if i.base == "STG"]
         out[entry] = {"instructions": len(instrs),
                       "fp64_instructions": S.fp64_instructions(instrs),
+                      "load_bytes": sum(S.access_bytes(i.op) for i in ld),
+                      "store_bytes": sum(S.access_bytes(i.op) for i in st),
+                      "widest_load_bytes": max((S.access_bytes(i.op) for i in ld), default=0),
                       "loops": [lp.as_dict() for lp in S.hot_loops(instrs)]}
     return out
 
@@ -139,6 +144,16 @@ def launch_record(launch: L.Launch, variant: dict, numel: int, itemsize: int,
     reads, big = L.streams(launch, numel)
     item = _itemsize(fn.defines, itemsize)
     loop = _main_loop(k.get("loops", []), reads, item) if big else None
+    if big and loop is None and k.get("store_bytes", 0) + k.get("load_bytes", 0) > 0:
+        # no loop over the tensor: a thread holds its elements in registers (a channel that
+        # fits one block); the whole kernel is one "iteration" (its per-channel loads too)
+        whole = {"start": 0, "end": 0, "instructions": k["instructions"], "loads": {},
+                 "stores": {}, "load_bytes": k["load_bytes"], "store_bytes": k["store_bytes"],
+                 "divisions": {}, "widest_load_bytes": k["widest_load_bytes"],
+                 "phase": "straight", "local_ops": 0}
+        loop = _main_loop([dict(whole, phase="stream")], reads, item)
+        if loop:
+            loop["phase"] = "straight"
     writes = 1 if loop and loop["store_bytes"] else 0
     streaming = loop is not None
     elements = numel if streaming else 0
@@ -227,6 +242,12 @@ def build_passes(variants: List[dict], major: int, recorded, sms: int = model.SM
                     "copy_fraction": model.copy_fraction(minimal, t),
                     "global_bytes_per_element": sum(
                         r["loop"]["global_bytes_per_element"] for r in recs if r["loop"]),
+                    # what the launches must move: each streamed tensor once per launch
+                    "launch_bytes_per_element": sum(
+                        (r["tensors_read"] + r["tensors_written"]) * r["itemsize"]
+                        for r in recs if r["elements"]),
+                    "straight_line_launches": sum(
+                        1 for r in recs if r["loop"] and r["loop"]["phase"] == "straight"),
                     "minimal_bytes_per_element": MINIMAL_TENSORS[kind] * item})
     return out
 
