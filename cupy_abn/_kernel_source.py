@@ -43,7 +43,8 @@ FILES: Dict[str, KernelFile] = {
     "channel_train": KernelFile("channel_train.cu", ("channel_train", "channel_eval"),
                                 ("channel_reduce.cuh", "channel_stats.cuh"), ("param",)),
     "normalize_activate": KernelFile("normalize_activate.cu", ("normalize_activate",),
-                                     ("activation.cuh",), _STREAM + ("param", "act")),
+                                     ("activation.cuh", "channel_reduce.cuh"),
+                                     _STREAM + ("param", "act")),
     "grad_sums": KernelFile("grad_sums.cu", ("grad_sums",),
                             ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh",
                              "channel_grads.cuh"), _STREAM + ("param", "act", "t")),
@@ -55,7 +56,8 @@ FILES: Dict[str, KernelFile] = {
                                     "grad_terms.cuh", "channel_grads.cuh"),
                                    _STREAM + ("param", "act", "t")),
     "grad_input": KernelFile("grad_input.cu", ("grad_input",),
-                             ("activation.cuh", "grad_terms.cuh"), _STREAM + ("act", "t")),
+                             ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh"),
+                             _STREAM + ("act", "t")),
 }
 
 # Families whose hot loop streams an x-sized tensor (vector and scalar paths).

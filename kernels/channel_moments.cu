@@ -82,11 +82,7 @@ void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_l
     publish(m2 + at, q);
     if (b == 0) shift[c] = sh;
     if (finish && arrived_last(arrivals, c, parts)) {
-        channel_params p;
-        p.gamma = gamma;
-        p.beta = beta;
-        p.running_mean = running_mean;
-        p.running_var = running_var;
+        const channel_params p = channel_params_of(gamma, beta, running_mean, running_var);
         finish_train(count, mean, m2, parts, c, channels, sh, p, update_running, eps, decay,
                      one_minus_decay, abs_gamma, stats);
     }

@@ -27,6 +27,31 @@ DEVICE void walk_step(walk_t *w)
     }
 }
 
+/* The rows n * C + c of x viewed as (N, C, S) that a thread of an elementwise kernel visits:
+ * row_threads threads (a power of two) share a row, the block's other threads take the next
+ * rows, and the grid strides over further rows.  The channel is advanced with the row, with
+ * no division per row. */
+typedef struct { idx_t r, step; unsigned int c, dc, lane; } row_walk_t;
+
+DEVICE row_walk_t row_walk_start(unsigned int channels, unsigned int row_threads)
+{
+    row_walk_t w;
+    const unsigned int rows_per_block = BLOCK_SIZE / row_threads;
+    w.lane = THREAD_ID & (row_threads - 1);
+    w.step = (idx_t)GRID_SIZE * rows_per_block;
+    w.r = (idx_t)BLOCK_ID * rows_per_block + THREAD_ID / row_threads;
+    w.c = (unsigned int)(w.r % channels);
+    w.dc = (unsigned int)(w.step % channels);
+    return w;
+}
+
+DEVICE void row_walk_next(row_walk_t *w, unsigned int channels)
+{
+    w->r += w->step;
+    w->c += w->dc;
+    if (w->c >= channels) w->c -= channels;   /* c + dc < 2 * channels */
+}
+
 /* (n_a, mean_a, m2_a) += (n_b, mean_b, m2_b) by Chan's formula; an empty side adds nothing. */
 DEVICE void chan_merge(acc_t *n_a, acc_t *mean_a, acc_t *m2_a, acc_t n_b, acc_t mean_b,
                        acc_t m2_b)

@@ -68,11 +68,7 @@ void normalize_train_resident(GLOBAL const store_t *x, GLOBAL store_t *out,
     }
     block_merge_moments(s_n, s_mean, s_m2, &n, &mu, &q);
     if (THREAD_ID == 0) {
-        channel_params p;
-        p.gamma = gamma;
-        p.beta = beta;
-        p.running_mean = running_mean;
-        p.running_var = running_var;
+        const channel_params p = channel_params_of(gamma, beta, running_mean, running_var);
         finish_moments(n, mu, q, c, channels, sh, p, update_running, eps, decay,
                        one_minus_decay, abs_gamma, stats);
         s_n[0] = stats[ROW_MEAN * channels + c];   /* the block's copy of its constants */

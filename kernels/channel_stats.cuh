@@ -28,6 +28,18 @@ typedef struct {
     GLOBAL param_t *running_var;
 } channel_params;
 
+DEVICE channel_params channel_params_of(GLOBAL const param_t *gamma, GLOBAL const param_t *beta,
+                                        GLOBAL param_t *running_mean,
+                                        GLOBAL param_t *running_var)
+{
+    channel_params p;
+    p.gamma = gamma;
+    p.beta = beta;
+    p.running_mean = running_mean;
+    p.running_var = running_var;
+    return p;
+}
+
 /* The statistics of channel c from its merged (n, mean of x - shift, M2). */
 DEVICE void finish_moments(acc_t n, acc_t mu, acc_t m2, unsigned int c, unsigned int channels,
                            acc_t shift, channel_params p, int update_running, acc_t eps,

@@ -13,11 +13,7 @@ KERNEL void channel_train(GLOBAL acc_t *count, GLOBAL acc_t *mean, GLOBAL acc_t 
 {
     const unsigned int c = BLOCK_ID * BLOCK_SIZE + THREAD_ID;
     if (c >= channels) return;
-    channel_params p;
-    p.gamma = gamma;
-    p.beta = beta;
-    p.running_mean = running_mean;
-    p.running_var = running_var;
+    const channel_params p = channel_params_of(gamma, beta, running_mean, running_var);
     finish_train(count, mean, m2, parts, c, channels, shift[c], p, update_running, eps, decay,
                  one_minus_decay, abs_gamma, stats);
 }

@@ -2,8 +2,8 @@
  * channel_grads.cuh, dy and t rebuilt from z (grad_terms.cuh).  Rows, row_threads and UNROLL
  * as in normalize_activate.cu: the channel's five coefficients are fetched once per row.  dx
  * may be dz: each pack is read, then written, by the same thread.
- * Needs: storage.h (STORE_BITS, ACC_BITS, IDX64, VEC), activation.cuh, grad_terms.cuh,
- * T_KIND. */
+ * Needs: storage.h (STORE_BITS, ACC_BITS, IDX64, VEC), activation.cuh, channel_reduce.cuh
+ * (row_walk_t), grad_terms.cuh, T_KIND. */
 #define UNROLL (VEC == 1 ? 4 : 2)
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
@@ -11,19 +11,15 @@ void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const 
                 GLOBAL const acc_t *coef, unsigned int channels, idx_t row_len, idx_t rows,
                 unsigned int row_threads, acc_t param, acc_t rparam, GLOBAL store_t *dx)
 {
-    const unsigned int lane = THREAD_ID & (row_threads - 1);
-    const unsigned int rows_per_block = BLOCK_SIZE / row_threads;
-    const idx_t row_step = (idx_t)GRID_SIZE * rows_per_block;
-    idx_t r = (idx_t)BLOCK_ID * rows_per_block + THREAD_ID / row_threads;
-    unsigned int c = (unsigned int)(r % channels);
-    const unsigned int dc = (unsigned int)(row_step % channels);
-    for (; r < rows; r += row_step) {
+    for (row_walk_t w = row_walk_start(channels, row_threads); w.r < rows;
+         row_walk_next(&w, channels)) {
+        const unsigned int c = w.c, lane = w.lane;
         const acc_t ca = coef[COEF_A * channels + c];
         const acc_t cb = coef[COEF_B * channels + c];
         const acc_t ck = coef[COEF_K * channels + c];
         const acc_t t_shift = coef[COEF_T0 * channels + c];
         const acc_t t_scale = coef[COEF_T1 * channels + c];
-        const idx_t base = r * row_len;
+        const idx_t base = w.r * row_len;
         for (idx_t j = lane; j < row_len; j += UNROLL * row_threads) {
             acc_t vz[UNROLL][VEC], vdz[UNROLL][VEC], vx[UNROLL][VEC];
             for (int u = 0; u < UNROLL; ++u)
@@ -46,7 +42,5 @@ void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const 
                     store_pack(dx, base + j + u * row_threads, vz[u]);
                 }
         }
-        c += dc;
-        if (c >= channels) c -= channels;
     }
 }

@@ -5,7 +5,8 @@
  * The constants come from stats (training), or, with from_running != 0 (evaluation: one
  * launch), from the parameters and running statistics, each row computing its channel's
  * (rsqrt: no division) and the rows of the first sample writing stats for the backward.
- * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), activation.cuh. */
+ * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), activation.cuh,
+ * channel_reduce.cuh (row_walk_t). */
 #define UNROLL (VEC == 1 ? 8 : 4)
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
@@ -16,14 +17,10 @@ void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out, GLOBAL acc
                         GLOBAL const param_t *running_mean, GLOBAL const param_t *running_var,
                         acc_t eps, int abs_gamma)
 {
-    const unsigned int lane = THREAD_ID & (row_threads - 1);
-    const unsigned int rows_per_block = BLOCK_SIZE / row_threads;
-    const idx_t row_step = (idx_t)GRID_SIZE * rows_per_block;
-    idx_t r = (idx_t)BLOCK_ID * rows_per_block + THREAD_ID / row_threads;
-    /* the channel of row r, advanced with the rows: no division per row */
-    unsigned int c = (unsigned int)(r % channels);
-    const unsigned int dc = (unsigned int)(row_step % channels);
-    for (; r < rows; r += row_step) {
+    for (row_walk_t w = row_walk_start(channels, row_threads); w.r < rows;
+         row_walk_next(&w, channels)) {
+        const unsigned int c = w.c, lane = w.lane;
+        const idx_t r = w.r;
         acc_t mean, scale, shift_y;
         if (from_running) {
             const acc_t var = LOAD_P(running_var, c);
@@ -58,7 +55,5 @@ void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out, GLOBAL acc
                     store_pack(out, base + j + u * row_threads, v[u]);
                 }
         }
-        c += dc;
-        if (c >= channels) c -= channels;
     }
 }

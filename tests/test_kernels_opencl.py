@@ -5,27 +5,16 @@ import numpy as np
 import pytest
 
 from tests._kernel_matrix import BIG, CASES, Case, check_case
+from tests._backends import pocl_queue
 from tests._cases import make_inputs
 
 cl = pytest.importorskip("pyopencl")
 cla = pytest.importorskip("pyopencl.array")
 
 
-def _pocl_queue():
-    try:
-        for plat in cl.get_platforms():
-            if "Portable Computing Language" in plat.name:
-                devs = plat.get_devices()
-                if devs:
-                    return cl.CommandQueue(cl.Context(devs[:1]))
-    except cl.Error:
-        pass
-    return None
-
-
 @pytest.fixture(scope="module")
 def queue():
-    q = _pocl_queue()
+    q = pocl_queue()
     if q is None:
         pytest.skip("no PoCL OpenCL device (pip install pocl-binary-distribution)")
     return q

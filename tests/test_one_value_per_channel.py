@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import cupy_abn
+from tests._backends import api_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 DECAY, EPS = 0.9, 2e-5
@@ -43,8 +44,8 @@ def _dphi(y, act, p):
 
 def _expected(x, gamma, beta, rm, rv, dz, act, mode):
     """float64, from the definitions: var 0, y = beta, dx = 0, dgamma = sum dy * xhat = 0."""
-    x, gamma, beta, rm, rv, dz = (np.asarray(a, np.float64) for a in (x, gamma, beta, rm, rv,
-                                                                     dz))
+    x, gamma, beta, rm, rv, dz = (np.asarray(a, np.float64)
+                                  for a in (x, gamma, beta, rm, rv, dz))
     c = x.shape[1]
     xc = np.moveaxis(x, 1, 0).reshape(c, -1)
     m = xc.shape[1]
@@ -72,27 +73,11 @@ def _inputs(shape, dtype, seed=0):
     return x, gamma, beta, rm, rv, dz
 
 
-def _backends():
-    out = [pytest.param((np.asarray, np.asarray), id="numpy")]
-    try:
-        import pyopencl as cl
-        import pyopencl.array as cla
-        devs = [d for p in cl.get_platforms() if "Portable" in p.name for d in p.get_devices()]
-    except Exception:  # noqa: BLE001 - no OpenCL: the NumPy backend only
-        devs = []
-    if devs:
-        queue = cl.CommandQueue(cl.Context(devs[:1]))
-        out.append(pytest.param(
-            (lambda a: cla.to_device(queue, np.ascontiguousarray(a)), lambda a: a.get()),
-            id="kernels-pocl"))
-    return out
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("mode", ["standard", "inplace", "inplace_v1"])
 @pytest.mark.parametrize("act", sorted(ACTS))
 @pytest.mark.parametrize("shape", [(1, 5), (1, 4, 1, 1), (1, 3, 1)], ids=str)
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", api_backends())
 def test_one_value_per_channel_warns_and_computes(backend, shape, act, mode, dtype):
     to_device, to_host = backend
     x, gamma, beta, rm, rv, dz = _inputs(shape, dtype)

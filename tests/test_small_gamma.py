@@ -12,6 +12,7 @@ import pytest
 import cupy_abn
 from tests._cases import rng_for
 from tests._reference import ref_backward
+from tests._backends import api_backends
 
 F32 = np.float32
 SHAPE = (8, 6, 9, 9)
@@ -47,24 +48,8 @@ def _errors(mode, gamma, to_device, to_host):
     return _rel(to_host(dg), rdg), _rel(to_host(dx), rdx)
 
 
-def _backends():
-    out = [pytest.param((np.asarray, np.asarray), id="numpy")]
-    try:
-        import pyopencl as cl
-        import pyopencl.array as cla
-        devs = [d for p in cl.get_platforms() if "Portable" in p.name for d in p.get_devices()]
-    except Exception:
-        devs = []
-    if devs:
-        queue = cl.CommandQueue(cl.Context(devs[:1]))
-        out.append(pytest.param(
-            (lambda a: cla.to_device(queue, np.ascontiguousarray(a)), lambda a: a.get()),
-            id="kernels-pocl"))
-    return out
-
-
 @pytest.mark.parametrize("gamma", list(GAMMAS.values()), ids=list(GAMMAS))
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", api_backends())
 def test_default_backward_is_as_accurate_as_mode_one(backend, gamma):
     dg2, dx2 = _errors("inplace", gamma, *backend)
     dg1, dx1 = _errors("inplace_v1", gamma, *backend)

@@ -1,0 +1,32 @@
+"""The array backends a test can run the public API on: NumPy, and the kernel backend on
+PoCL (pyopencl arrays) where an OpenCL CPU device is installed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def pocl_queue():
+    """A command queue on the first PoCL device, or None."""
+    try:
+        import pyopencl as cl
+        for plat in cl.get_platforms():
+            if "Portable Computing Language" in plat.name:
+                devs = plat.get_devices()
+                if devs:
+                    return cl.CommandQueue(cl.Context(devs[:1]))
+    except Exception:  # noqa: BLE001 - no pyopencl, no platform: no PoCL queue
+        pass
+    return None
+
+
+def api_backends():
+    """pytest params of (to_device, to_host): NumPy, then the kernels on PoCL if present."""
+    out = [pytest.param((np.asarray, np.asarray), id="numpy")]
+    queue = pocl_queue()
+    if queue is not None:
+        import pyopencl.array as cla
+        out.append(pytest.param(
+            (lambda a: cla.to_device(queue, np.ascontiguousarray(a)), lambda a: a.get()),
+            id="kernels-pocl"))
+    return out
