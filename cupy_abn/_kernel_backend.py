@@ -40,13 +40,22 @@ MAX_PARTS = 1024           # partials per channel
 MIN_WAVE_EFFICIENCY = 0.9  # reduction grids: blocks / (waves * resident blocks)
 N_COEF = 5                 # kernels/storage.h COEF_A .. COEF_T1: dx = (dy - t*A - B) * K
 MAX_ROW_GRID = 2 ** 31 - 1   # elementwise grids: blocks beyond it loop over further rows
-RES_ELEMS = 8              # kernels/channel_resident.cu: elements a thread holds
+RES_ELEMS = 8              # kernels/channel_resident.cu: elements a thread holds (4 doubles)
 RES_MAX_BLOCK = 1024       # kernels/channel_resident.cu: its largest block
 RESIDENT = True            # channels that fit one block take the one-launch path
-# Packs in flight per thread in the hot loops (UNROLL in the kernel files): one streamed
-# tensor (forward) or two (backward), 16-byte packs or single elements.
-UNROLL = {("forward", True): 4, ("forward", False): 8,
-          ("backward", True): 2, ("backward", False): 4}
+
+
+def unroll(stage: str, vec: int, t: int = 0, idx64: bool = False) -> int:
+    """Packs in flight per thread and streamed tensor in the hot loops (UNROLL in
+    kernels/channel_moments.cu, normalize_activate.cu and grad_terms.cuh): 4 packs (8 single
+    elements) in the forward; 2 (4) per tensor in the backward, 1 where they would not fit in
+    64 registers (three tensors of 8-wide packs; 64-bit indices with wider loads)."""
+    if stage == "forward":
+        return 8 if vec == 1 else 4
+    if vec == 1:
+        return 4
+    streams = 3 if t == T_XHAT_FROM_X else 2
+    return 1 if vec * streams * (1 + bool(idx64)) > 16 else 2
 
 
 @dataclass(frozen=True)
@@ -118,10 +127,13 @@ def row_plan(rows: int, row_len: int, unroll: int, max_block: int = MAX_BLOCK,
 
 
 @functools.lru_cache(maxsize=1024)
-def resident_block(m_packs: int, vec: int, max_block: int = RES_MAX_BLOCK) -> int:
+def resident_block(m_packs: int, vec: int, max_block: int = RES_MAX_BLOCK,
+                   wide: bool = False) -> int:
     """Threads of a block that holds a whole channel of ``m_packs`` packs in registers
-    (``RES_ELEMS`` elements per thread, a power of two >= 32), or 0 when it does not fit."""
-    need = -(-m_packs // max(1, RES_ELEMS // vec))
+    (``RES_ELEMS`` elements per thread, half as many for float64 (``wide``); a power of two
+    >= 32), or 0 when it does not fit."""
+    elems = RES_ELEMS // 2 if wide else RES_ELEMS
+    need = -(-m_packs // max(1, elems // vec))
     block = MIN_BLOCK
     while block < need:
         block *= 2
@@ -164,9 +176,20 @@ class KernelBackend:
         return c, row_len, n * row_len, (np.uint64 if idx64 else np.uint32), idx64
 
     def reduction(self, fn, m_packs: int, channels: int, unroll: int) -> ReductionPlan:
+        """Block and blocks per channel of a reduction: the largest block whose grid fills
+        whole waves at the occupancy of ``fn`` (>= 90% busy); smaller blocks are tried when
+        the channel's packs cannot be split into whole waves of large ones."""
         block = reduction_block(m_packs, unroll, self.rt.max_block)
-        slots = self.rt.multiprocessors * max(1, self.rt.occupancy(fn, block))
-        return ReductionPlan(reduction_parts(m_packs, channels, block, unroll, slots), block)
+        best = None
+        while True:
+            slots = self.rt.multiprocessors * max(1, self.rt.occupancy(fn, block))
+            parts = reduction_parts(m_packs, channels, block, unroll, slots)
+            eff = wave_efficiency(channels * parts, slots)
+            if best is None or eff > best[0] + 1e-9:
+                best = (eff, ReductionPlan(parts, block))
+            if eff >= MIN_WAVE_EFFICIENCY or block // 2 < MIN_BLOCK:
+                return best[1]
+            block //= 2
 
     def plan(self, shape, dtype=np.float32) -> ReductionPlan:
         """The reduction grid of a training forward on an aligned ``shape`` of ``dtype``."""
@@ -175,13 +198,20 @@ class KernelBackend:
         c, _, m, _, idx64 = self._geometry(shape, dtype, vector)
         fn = self._fn("channel_moments", store=dtype, param=accum_dtype(dtype), idx64=idx64,
                       vector=vector)
-        return self.reduction(fn, m, c, UNROLL["forward", vector])
+        return self.reduction(fn, m, c, unroll("forward", K.vec_width(dtype, vector)))
 
     def _per_channel(self, channels):
         block = min(MAX_BLOCK, self.rt.max_block)
         while block // 2 >= max(channels, MIN_BLOCK):
             block //= 2
         return -(-channels // block), block
+
+    def _resident(self, m_packs, dtype, vector, idx64) -> int:
+        """The block of the channel-resident kernels for this channel, or 0 (two passes)."""
+        if not RESIDENT or idx64:
+            return 0
+        return resident_block(m_packs, K.vec_width(dtype, vector), self.rt.max_block,
+                              np.dtype(dtype) == np.float64)
 
     def _fn(self, family, entry=None, **variant):
         return self.rt.function(family, entry or family, K.defines(family, **variant))
@@ -212,8 +242,7 @@ class KernelBackend:
                   acc.type(1 - decay), np.int32(abs_gamma))
         vector = self.vector_path(x.shape, x, out)
         _, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
-        block = resident_block(m, K.vec_width(x.dtype, vector),
-                               self.rt.max_block) if RESIDENT else 0
+        block = self._resident(m, x.dtype, vector, idx64)
         if block:
             fn = self._fn("channel_resident", "normalize_train_resident", store=x.dtype,
                           param=gamma.dtype, act=ACTIVATIONS[activation].code, t=0,
@@ -234,7 +263,7 @@ class KernelBackend:
         c, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
         fn = self._fn("channel_moments", store=x.dtype, param=param_dtype, idx64=idx64,
                       vector=vector)
-        plan = self.reduction(fn, m, c, UNROLL["forward", vector])
+        plan = self.reduction(fn, m, c, unroll("forward", K.vec_width(x.dtype, vector)))
         count, mean, m2 = (self.rt.empty((c, plan.parts), acc) for _ in range(3))
         shift = self.rt.empty((c,), acc)
         args = (x, np.uint32(c), it(row_len), it(m), np.uint32(plan.parts), count, mean, m2,
@@ -298,7 +327,8 @@ class KernelBackend:
         vector = self.vector_path(x.shape, x, out)
         c, row_len, _, it, idx64 = self._geometry(x.shape, x.dtype, vector)
         rows = x.shape[0] * c
-        plan = row_plan(rows, row_len, UNROLL["forward", vector], self.rt.max_block,
+        plan = row_plan(rows, row_len, unroll("forward", K.vec_width(x.dtype, vector)),
+                        self.rt.max_block,
                         MAX_ROW_GRID)
         fn = self._fn("normalize_activate", store=x.dtype, param=param_dtype,
                       act=ACTIVATIONS[activation].code, idx64=idx64, vector=vector)
@@ -319,7 +349,8 @@ class KernelBackend:
         c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
         fn = self._fn("grad_sums", store=z.dtype, param=param_dtype,
                       act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector)
-        plan = self.reduction(fn, m, c, UNROLL["backward", vector])
+        plan = self.reduction(fn, m, c,
+                              unroll("backward", K.vec_width(z.dtype, vector), t, idx64))
         sum_dy, sum_dy_t = (self.rt.empty((c, plan.parts), acc) for _ in range(2))
         args = (z, dz, z if src is None else src, stats, np.uint32(c), it(row_len), it(m),
                 np.uint32(plan.parts), acc.type(param), _reciprocal(acc, param), sum_dy,
@@ -351,8 +382,7 @@ class KernelBackend:
                   dgamma, dbeta, coef)
         vector = vector and self.rt.aligned(dx, K.PACK_BYTES)
         _, row_len, mp, it, idx64 = self._geometry(z.shape, z.dtype, vector)
-        block = resident_block(mp, K.vec_width(z.dtype, vector),
-                               self.rt.max_block) if RESIDENT else 0
+        block = self._resident(mp, z.dtype, vector, idx64)
         if block:
             fn = self._fn("channel_resident", "grad_resident", store=z.dtype, param=gamma.dtype,
                           act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector)
@@ -390,7 +420,8 @@ class KernelBackend:
         acc = np.dtype(stats.dtype)
         c, row_len, _, it, idx64 = self._geometry(z.shape, z.dtype, vector)
         rows = z.shape[0] * c
-        plan = row_plan(rows, row_len, UNROLL["backward", vector], self.rt.max_block,
+        plan = row_plan(rows, row_len, unroll("backward", K.vec_width(z.dtype, vector), t, idx64),
+                        self.rt.max_block,
                         MAX_ROW_GRID)
         fn = self._fn("grad_input", store=z.dtype, act=ACTIVATIONS[activation].code, t=t,
                       idx64=idx64, vector=vector)

@@ -11,6 +11,7 @@
  * (channel_stats.cuh): the training forward is this launch and normalize_activate.
  * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), channel_reduce.cuh,
  * channel_stats.cuh. */
+/* Packs in flight per thread: cupy_abn/_kernel_backend.py: unroll(). */
 #define UNROLL (VEC == 1 ? 8 : 4)
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
@@ -25,27 +26,30 @@ void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_l
     SHARED acc_t s_n[MAX_BLOCK];
     SHARED acc_t s_mean[MAX_BLOCK];
     SHARED acc_t s_m2[MAX_BLOCK];
+    SHARED acc_t s_shift;
     const unsigned int tid = THREAD_ID;
     const unsigned int c = BLOCK_ID / parts;
     const unsigned int b = BLOCK_ID - c * parts;
     const idx_t plane = (idx_t)channels * row_len;
     GLOBAL const store_t *xc = x + (idx_t)c * row_len * VEC;
-    const acc_t sh = LOAD_X(xc, 0);
+    if (tid == 0) s_shift = LOAD_X(xc, 0);   /* one load per block, not one per thread */
+    BARRIER();
+    const acc_t sh = s_shift;
 
     acc_t s1[VEC], s2[VEC];
-    for (int k = 0; k < VEC; ++k) s1[k] = s2[k] = 0;
+    UNROLLED for (int k = 0; k < VEC; ++k) s1[k] = s2[k] = 0;
     unsigned int packs = 0;
     const idx_t stride = (idx_t)parts * BLOCK_SIZE;
     idx_t j = (idx_t)b * BLOCK_SIZE + tid;
     walk_t w = walk_start(j, stride, row_len);
     for (; j + (UNROLL - 1) * stride < m; j += UNROLL * stride) {
         acc_t v[UNROLL][VEC];
-        for (int u = 0; u < UNROLL; ++u) {
+        UNROLLED for (int u = 0; u < UNROLL; ++u) {
             load_pack(xc, w.row * plane + w.col, v[u]);
             walk_step(&w);
         }
-        for (int u = 0; u < UNROLL; ++u)
-            for (int k = 0; k < VEC; ++k) {
+        UNROLLED for (int u = 0; u < UNROLL; ++u)
+            UNROLLED for (int k = 0; k < VEC; ++k) {
                 const acc_t d = v[u][k] - sh;
                 s1[k] += d;
                 s2[k] += d * d;
@@ -56,7 +60,7 @@ void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_l
         acc_t v[VEC];
         load_pack(xc, w.row * plane + w.col, v);
         walk_step(&w);
-        for (int k = 0; k < VEC; ++k) {
+        UNROLLED for (int k = 0; k < VEC; ++k) {
             const acc_t d = v[k] - sh;
             s1[k] += d;
             s2[k] += d * d;
@@ -64,7 +68,7 @@ void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_l
         packs += 1;
     }
     acc_t sum1 = 0, sum2 = 0;
-    for (int k = 0; k < VEC; ++k) {
+    UNROLLED for (int k = 0; k < VEC; ++k) {
         sum1 += s1[k];
         sum2 += s2[k];
     }

@@ -10,20 +10,23 @@
  * out may be x and dx may be dz: each pack is read, then written, by the same thread.
  * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), activation.cuh,
  * channel_reduce.cuh, channel_stats.cuh, grad_terms.cuh, channel_grads.cuh, T_KIND. */
-#define RES_ELEMS 8
+/* Elements a thread holds (half as many doubles: 64 registers per thread at 1024 threads).
+ * cupy_abn/_kernel_backend.py: resident_block().  32-bit indices only (m <= 8192 per channel
+ * and fewer than 2^31 elements in all: larger tensors take the two-pass path). */
+#define RES_ELEMS (ACC_BITS == 64 ? 4 : 8)
 #define RES_PACKS (RES_ELEMS / VEC)
+#if IDX64
+#error "the channel-resident kernels use 32-bit indices"
+#endif
 #define RES_MAX_BLOCK 1024
 
-/* Where thread tid's k-th pack of the channel lies, and whether it exists. */
-DEVICE void resident_slots(idx_t row_len, idx_t m, idx_t plane, idx_t *at, int *have)
-{
-    walk_t w = walk_start(THREAD_ID, BLOCK_SIZE, row_len);
-    for (int k = 0; k < RES_PACKS; ++k) {
-        have[k] = (idx_t)THREAD_ID + (idx_t)k * BLOCK_SIZE < m;
-        at[k] = w.row * plane + w.col;
-        walk_step(&w);
-    }
-}
+/* Thread tid's k-th pack of the channel: j = tid + k * BLOCK_SIZE, at row w.row, column
+ * w.col of the walk; the walk is run again for the stores rather than keeping 64-bit
+ * offsets in registers. */
+#define RESIDENT_PACKS(k, w)                                                                  \
+    walk_t w = walk_start(THREAD_ID, BLOCK_SIZE, row_len);                                    \
+    UNROLLED for (int k = 0; k < RES_PACKS; ++k, walk_step(&w))                             \
+        if ((idx_t)THREAD_ID + (idx_t)k * BLOCK_SIZE < m)
 
 KERNEL LAUNCH_BOUNDS(RES_MAX_BLOCK, 1)
 void normalize_train_resident(GLOBAL const store_t *x, GLOBAL store_t *out,
@@ -37,23 +40,24 @@ void normalize_train_resident(GLOBAL const store_t *x, GLOBAL store_t *out,
     SHARED acc_t s_n[RES_MAX_BLOCK];
     SHARED acc_t s_mean[RES_MAX_BLOCK];
     SHARED acc_t s_m2[RES_MAX_BLOCK];
+    SHARED acc_t s_shift;
     const unsigned int c = BLOCK_ID;
     const idx_t first = (idx_t)c * row_len * VEC;
     GLOBAL const store_t *xc = x + first;
     GLOBAL store_t *outc = out + first;
-    const acc_t sh = LOAD_X(xc, 0);
-
-    idx_t at[RES_PACKS];
-    int have[RES_PACKS];
-    resident_slots(row_len, m, (idx_t)channels * row_len, at, have);
+    const idx_t plane = (idx_t)channels * row_len;
     acc_t v[RES_PACKS][VEC];
-    for (int k = 0; k < RES_PACKS; ++k)
-        if (have[k]) load_pack(xc, at[k], v[k]);
+    {
+        RESIDENT_PACKS(k, w) load_pack(xc, w.row * plane + w.col, v[k]);
+    }
+    if (THREAD_ID == 0) s_shift = v[0][0];   /* x[0, c, 0]: thread 0's first element */
+    BARRIER();
+    const acc_t sh = s_shift;
     acc_t s1 = 0, s2 = 0;
     unsigned int packs = 0;
-    for (int k = 0; k < RES_PACKS; ++k)
-        if (have[k]) {
-            for (int e = 0; e < VEC; ++e) {
+    UNROLLED for (int k = 0; k < RES_PACKS; ++k)
+        if ((idx_t)THREAD_ID + (idx_t)k * BLOCK_SIZE < m) {
+            UNROLLED for (int e = 0; e < VEC; ++e) {
                 const acc_t d = v[k][e] - sh;
                 s1 += d;
                 s2 += d * d;
@@ -77,12 +81,11 @@ void normalize_train_resident(GLOBAL const store_t *x, GLOBAL store_t *out,
     }
     BARRIER();
     const acc_t mean = s_n[0], scale = s_mean[0], shift_y = s_m2[0];
-    for (int k = 0; k < RES_PACKS; ++k)
-        if (have[k]) {
-            for (int e = 0; e < VEC; ++e)
-                v[k][e] = act_forward((v[k][e] - mean) * scale + shift_y, param);
-            store_pack(outc, at[k], v[k]);
-        }
+    RESIDENT_PACKS(k, w) {
+        UNROLLED for (int e = 0; e < VEC; ++e)
+            v[k][e] = act_forward((v[k][e] - mean) * scale + shift_y, param);
+        store_pack(outc, w.row * plane + w.col, v[k]);
+    }
 }
 
 KERNEL LAUNCH_BOUNDS(RES_MAX_BLOCK, 1)
@@ -103,22 +106,22 @@ void grad_resident(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL con
     acc_t t_shift, t_scale;
     t_constants(stats, c, channels, &t_shift, &t_scale);
 
-    idx_t at[RES_PACKS];
-    int have[RES_PACKS];
-    resident_slots(row_len, m, (idx_t)channels * row_len, at, have);
+    const idx_t plane = (idx_t)channels * row_len;
     acc_t vz[RES_PACKS][VEC], vdz[RES_PACKS][VEC], vx[RES_PACKS][VEC];
-    for (int k = 0; k < RES_PACKS; ++k)
-        if (have[k]) {
-            load_pack(zc, at[k], vz[k]);
-            load_pack(dzc, at[k], vdz[k]);
+    {
+        RESIDENT_PACKS(k, w) {
+            const idx_t i = w.row * plane + w.col;
+            load_pack(zc, i, vz[k]);
+            load_pack(dzc, i, vdz[k]);
 #if T_KIND == T_XHAT_FROM_X
-            load_pack(xc, at[k], vx[k]);
+            load_pack(xc, i, vx[k]);
 #endif
         }
+    }
     acc_t sdy = 0, sdt = 0;
-    for (int k = 0; k < RES_PACKS; ++k)
-        if (have[k])
-            for (int e = 0; e < VEC; ++e) {
+    UNROLLED for (int k = 0; k < RES_PACKS; ++k)
+        if ((idx_t)THREAD_ID + (idx_t)k * BLOCK_SIZE < m)
+            UNROLLED for (int e = 0; e < VEC; ++e) {
                 acc_t dy, t;
                 grad_terms(vz[k][e], vdz[k][e], vx[k][e], param, rparam, t_shift, t_scale,
                            &dy, &t);
@@ -135,14 +138,13 @@ void grad_resident(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL con
     }
     BARRIER();
     const acc_t ca = s_a[0], cb = s_a[1], ck = s_a[2];
-    for (int k = 0; k < RES_PACKS; ++k)
-        if (have[k]) {
-            for (int e = 0; e < VEC; ++e) {
-                acc_t dy, t;
-                grad_terms(vz[k][e], vdz[k][e], vx[k][e], param, rparam, t_shift, t_scale,
-                           &dy, &t);
-                vz[k][e] = (dy - t * ca - cb) * ck;
-            }
-            store_pack(dxc, at[k], vz[k]);
+    RESIDENT_PACKS(k, w) {
+        UNROLLED for (int e = 0; e < VEC; ++e) {
+            acc_t dy, t;
+            grad_terms(vz[k][e], vdz[k][e], vx[k][e], param, rparam, t_shift, t_scale, &dy,
+                       &t);
+            vz[k][e] = (dy - t * ca - cb) * ck;
         }
+        store_pack(dxc, w.row * plane + w.col, vz[k]);
+    }
 }

@@ -4,7 +4,6 @@
  * may be dz: each pack is read, then written, by the same thread.
  * Needs: storage.h (STORE_BITS, ACC_BITS, IDX64, VEC), activation.cuh, channel_reduce.cuh
  * (row_walk_t), grad_terms.cuh, T_KIND. */
-#define UNROLL (VEC == 1 ? 4 : 2)
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
 void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const store_t *x,
@@ -22,7 +21,7 @@ void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const 
         const idx_t base = w.r * row_len;
         for (idx_t j = lane; j < row_len; j += UNROLL * row_threads) {
             acc_t vz[UNROLL][VEC], vdz[UNROLL][VEC], vx[UNROLL][VEC];
-            for (int u = 0; u < UNROLL; ++u)
+            UNROLLED for (int u = 0; u < UNROLL; ++u)
                 if (j + u * row_threads < row_len) {
                     const idx_t i = base + j + u * row_threads;
                     load_pack(z, i, vz[u]);
@@ -31,9 +30,9 @@ void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const 
                     load_pack(x, i, vx[u]);
 #endif
                 }
-            for (int u = 0; u < UNROLL; ++u)
+            UNROLLED for (int u = 0; u < UNROLL; ++u)
                 if (j + u * row_threads < row_len) {
-                    for (int k = 0; k < VEC; ++k) {
+                    UNROLLED for (int k = 0; k < VEC; ++k) {
                         acc_t dy, t;
                         grad_terms(vz[u][k], vdz[u][k], vx[u][k], param, rparam, t_shift,
                                    t_scale, &dy, &t);

@@ -5,7 +5,6 @@
  * coefficients of grad_input.cu (channel_grads.cuh): the backward is this launch and
  * grad_input.  Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC),
  * activation.cuh, channel_reduce.cuh, grad_terms.cuh, channel_grads.cuh, T_KIND. */
-#define UNROLL (VEC == 1 ? 4 : 2)
 
 DEVICE void load_terms(GLOBAL const store_t *z, GLOBAL const store_t *dz,
                        GLOBAL const store_t *x, idx_t i, acc_t *vz, acc_t *vdz, acc_t *vx)
@@ -39,18 +38,18 @@ void grad_sums(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const s
     t_constants(stats, c, channels, &t_shift, &t_scale);
 
     acc_t a[VEC], at[VEC];
-    for (int k = 0; k < VEC; ++k) a[k] = at[k] = 0;
+    UNROLLED for (int k = 0; k < VEC; ++k) a[k] = at[k] = 0;
     const idx_t stride = (idx_t)parts * BLOCK_SIZE;
     idx_t j = (idx_t)b * BLOCK_SIZE + tid;
     walk_t w = walk_start(j, stride, row_len);
     for (; j + (UNROLL - 1) * stride < m; j += UNROLL * stride) {
         acc_t vz[UNROLL][VEC], vdz[UNROLL][VEC], vx[UNROLL][VEC];
-        for (int u = 0; u < UNROLL; ++u) {
+        UNROLLED for (int u = 0; u < UNROLL; ++u) {
             load_terms(zc, dzc, xc, w.row * plane + w.col, vz[u], vdz[u], vx[u]);
             walk_step(&w);
         }
-        for (int u = 0; u < UNROLL; ++u)
-            for (int k = 0; k < VEC; ++k) {
+        UNROLLED for (int u = 0; u < UNROLL; ++u)
+            UNROLLED for (int k = 0; k < VEC; ++k) {
                 acc_t dy, t;
                 grad_terms(vz[u][k], vdz[u][k], vx[u][k], param, rparam, t_shift, t_scale,
                            &dy, &t);
@@ -62,7 +61,7 @@ void grad_sums(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const s
         acc_t vz[VEC], vdz[VEC], vx[VEC];
         load_terms(zc, dzc, xc, w.row * plane + w.col, vz, vdz, vx);
         walk_step(&w);
-        for (int k = 0; k < VEC; ++k) {
+        UNROLLED for (int k = 0; k < VEC; ++k) {
             acc_t dy, t;
             grad_terms(vz[k], vdz[k], vx[k], param, rparam, t_shift, t_scale, &dy, &t);
             a[k] += dy;
@@ -70,7 +69,7 @@ void grad_sums(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const s
         }
     }
     acc_t sdy = 0, sdt = 0;
-    for (int k = 0; k < VEC; ++k) {
+    UNROLLED for (int k = 0; k < VEC; ++k) {
         sdy += a[k];
         sdt += at[k];
     }

@@ -6,6 +6,13 @@
  *        T_U            y - beta  (INPLACE-ABN II: u = g * xhat; t_scale is not applied)
  * The per-channel constants come from stats in grad_sums.cu (t_constants, once per thread)
  * and from the coefficient rows in grad_input.cu.  Needs: storage.h, activation.cuh, T_KIND. */
+
+/* Packs in flight per streamed tensor in the backward's loops (z, dz, and x for plain ABN):
+ * 2 packs, or 1 where they would not fit in 64 registers beside the walk (three tensors of
+ * 8-wide packs, or 64-bit indices with more than two 4-wide tensors); 4 single elements on
+ * the scalar path.  cupy_abn/_kernel_backend.py: unroll(). */
+#define GRAD_STREAMS (T_KIND == T_XHAT_FROM_X ? 3 : 2)
+#define UNROLL (VEC == 1 ? 4 : (VEC * GRAD_STREAMS * (1 + IDX64) > 16 ? 1 : 2))
 DEVICE void grad_terms(acc_t z, acc_t dz, acc_t x, acc_t param, acc_t rparam, acc_t t_shift,
                        acc_t t_scale, acc_t *dy, acc_t *t)
 {

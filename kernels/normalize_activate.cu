@@ -7,6 +7,7 @@
  * (rsqrt: no division) and the rows of the first sample writing stats for the backward.
  * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), activation.cuh,
  * channel_reduce.cuh (row_walk_t). */
+/* Packs in flight per thread: cupy_abn/_kernel_backend.py: unroll(). */
 #define UNROLL (VEC == 1 ? 8 : 4)
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
@@ -46,11 +47,11 @@ void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out, GLOBAL acc
         const idx_t base = r * row_len;
         for (idx_t j = lane; j < row_len; j += UNROLL * row_threads) {
             acc_t v[UNROLL][VEC];
-            for (int u = 0; u < UNROLL; ++u)
+            UNROLLED for (int u = 0; u < UNROLL; ++u)
                 if (j + u * row_threads < row_len) load_pack(x, base + j + u * row_threads, v[u]);
-            for (int u = 0; u < UNROLL; ++u)
+            UNROLLED for (int u = 0; u < UNROLL; ++u)
                 if (j + u * row_threads < row_len) {
-                    for (int k = 0; k < VEC; ++k)
+                    UNROLLED for (int k = 0; k < VEC; ++k)
                         v[u][k] = act_forward((v[u][k] - mean) * scale + shift_y, param);
                     store_pack(out, base + j + u * row_threads, v[u]);
                 }

@@ -12,6 +12,9 @@
 #define BLOCK_SIZE ((unsigned int)blockDim.x)
 #define GRID_SIZE ((unsigned int)gridDim.x)
 /* Caps registers so that MIN_BLOCKS blocks of MAX_THREADS fit on a multiprocessor. */
+/* Loops over packs and lanes are unrolled so that their arrays stay in registers (an
+ * array indexed in a loop the compiler keeps would live in local memory). */
+#define UNROLLED _Pragma("unroll")
 #define LAUNCH_BOUNDS(max_threads, min_blocks) __launch_bounds__(max_threads, min_blocks)
 /* Inter-block hand-off of the reductions (reduce_block.cuh): a block publishes its partial,
  * fences, then counts itself in; the last block to arrive reads every partial. */

@@ -13,6 +13,9 @@
 #define BLOCK_ID ((unsigned int)get_group_id(0))
 #define BLOCK_SIZE ((unsigned int)get_local_size(0))
 #define GRID_SIZE ((unsigned int)get_num_groups(0))
+/* Loops over packs and lanes are unrolled so that their arrays stay in registers (an
+ * array indexed in a loop the compiler keeps would live in local memory). */
+#define UNROLLED _Pragma("unroll")
 #define LAUNCH_BOUNDS(max_threads, min_blocks)
 #define FENCE_GLOBAL() mem_fence(CLK_GLOBAL_MEM_FENCE)
 #define ATOMIC_INC(p) atomic_inc(p)

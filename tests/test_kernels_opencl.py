@@ -39,7 +39,7 @@ def test_big_case_uses_several_blocks_per_channel(queue):
     from cupy_abn._kernel_backend import KernelBackend
     from cupy_abn._runtime_opencl import OpenCLRuntime
     plan = KernelBackend(OpenCLRuntime(queue)).plan(BIG)
-    assert plan.parts > 1 and plan.block >= 128, plan
+    assert plan.parts > 1, plan
 
 
 def _backend(queue):
