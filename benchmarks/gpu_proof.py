@@ -393,6 +393,8 @@ STEP_TIMEOUT = {"tests": 420, "build_inplace_abn": 420, "inplace_abn": 240, "ker
 
 def _fit_ready(work: Path, gpu: bool) -> Optional[str]:
     """Why the fit cannot run yet, or None."""
+    if not gpu:
+        return "CPU timings: the static model predicts the GPU kernels, there is nothing to fit"
     if not (ROOT / "benchmarks" / "static" / "model.py").exists():
         return "benchmarks/static/model.py is not there yet"
     if not (RESULTS / "static_report.json").exists():
