@@ -82,6 +82,18 @@ def test_no_division_in_hot_loops(passes):
     assert not bad, "division sequences in hot loops:\n" + "\n".join(map(str, sorted(bad)))
 
 
+def test_streaming_launches_walk_the_tensor_in_a_loop(passes):
+    """Every launch that streams a tensor, except a channel held in registers (``*_resident``),
+    has a hot loop the SASS reader finds: a barrier before the walk (a shared shift) must not
+    turn the kernel into "straight-line" code, whose figures would mix in the block merge."""
+    bad = set()
+    for p in passes:
+        for r in p["launches"]:
+            if r["elements"] and "resident" not in r["entry"] and r["loop"]["phase"] != "stream":
+                bad.add((p["major"], r["entry"], " ".join(r["defines"]), r["loop"]["phase"]))
+    assert not bad, "no hot loop found:\n" + "\n".join(map(str, sorted(bad)))
+
+
 def test_vector_loads_on_the_vector_path(passes):
     bad = set()
     for p in passes:

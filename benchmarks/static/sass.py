@@ -4,10 +4,11 @@ loops (``-sass``).
 A loop is a backward branch (``BRA`` to a lower address); its body is the address range from
 the target to the branch.  Innermost loops that touch global memory (``LDG``/``STG``) are
 reported; loops without global accesses (the shared-memory tree of a block reduction) run
-log2(block) times and are not.  A reported loop is *hot* (``phase: "stream"``) when it comes
-before the kernel's first barrier (``BAR``): that is the walk over the tensor, which every
-thread runs; a loop after a barrier runs once the block has reduced (e.g. the last block of a
-channel merging the B partials of the channel, ``phase: "after_barrier"``).
+log2(block) times and are not.  A reported loop is *hot* (``phase: "stream"``) when no barrier
+(``BAR``) separates it from the first reported loop: that is the walk over the tensor, which
+every thread runs (a barrier before it, e.g. one that shares a value loaded by one thread,
+does not count); a loop after a later barrier runs once the block has reduced (e.g. the last
+block of a channel merging the B partials of the channel, ``phase: "after_barrier"``).
 
 Per hot loop: instructions, ``LDG``/``STG`` with their widths, and division sequences:
 
@@ -155,7 +156,7 @@ class Loop:
     load_bytes: int = 0
     store_bytes: int = 0
     divisions: Dict[str, int] = field(default_factory=dict)   # kind -> count
-    phase: str = "stream"    # "stream" (before the first barrier) or "after_barrier"
+    phase: str = "stream"    # "stream" (the tensor walk) or "after_barrier" (see above)
     local_ops: int = 0       # LDL/STL: local memory (spills, arrays in the stack frame)
 
     @property
@@ -199,7 +200,6 @@ def _divisions(body: List[Instr]) -> Dict[str, int]:
 def hot_loops(code: List[Instr]) -> List[Loop]:
     """Innermost backward-branch loops that access global memory, in address order
     (``phase`` tells the hot ones, see the module docstring)."""
-    first_bar = min((i.addr for i in code if i.base == "BAR"), default=None)
     spans = []
     for ins in code:
         if ins.base in ("BRA", "JMP") and not ins.args.startswith("`("):
@@ -209,6 +209,13 @@ def hot_loops(code: List[Instr]) -> List[Loop]:
     # innermost: no other span strictly inside
     inner = [s for s in spans if not any(o != s and s[0] <= o[0] and o[1] <= s[1]
                                          for o in spans)]
+    def touches_global(span):
+        return any(span[0] <= i.addr <= span[1] and i.base in ("LDG", "STG") for i in code)
+
+    walk = min((s for s in inner if touches_global(s)), default=None)
+    # the first barrier after the walk begins ends the streaming phase
+    first_bar = min((i.addr for i in code if i.base == "BAR" and walk and i.addr > walk[0]),
+                    default=None)
     loops = []
     for start, end in sorted(set(inner)):
         body = [i for i in code if start <= i.addr <= end]
