@@ -164,10 +164,31 @@ def test_residual_block_reusing_overwritten_input_raises():
     h = x * 1                       # the block input, an intermediate
     y = C.inplace_abn(h, g, b)
     y = y * 2
-    with pytest.raises((TypeError, RuntimeError), match="Overwritten"):
-        y + h                       # skip connection to the overwritten input
-    with pytest.raises(RuntimeError, match="overwritten in place"):
-        h.array.sum()
+    # the library's error, not Chainer's "incompatible array types are mixed"
+    for reuse in (lambda: y + h,            # skip connection to the overwritten input
+                  lambda: h + y, lambda: F.relu(h), lambda: h * 2, lambda: F.sum(h),
+                  lambda: h[0], lambda: h.shape, lambda: h.array.sum()):
+        with pytest.raises(RuntimeError, match="overwritten in place by an InPlaceABN layer"
+                                               ".*F.copy"):
+            reuse()
+
+
+def test_overwritten_input_error_names_the_layer():
+    class Net(chainer.Chain):
+        def __init__(self):
+            super().__init__()
+            with self.init_scope():
+                self.bn1 = C.InPlaceABN(3)
+
+    net = Net()
+    h = chainer.Variable(np.random.RandomState(4).randn(2, 3, 4).astype(np.float32)) + 1
+    net.bn1(h)
+    with pytest.raises(RuntimeError, match="overwritten in place by InPlaceABN 'bn1'"):
+        F.relu(h)
+    h2 = chainer.Variable(np.random.RandomState(5).randn(2, 3, 4)) + 1
+    C.inplace_abn(h2, *_params(3), name="stem")
+    with pytest.raises(RuntimeError, match="InPlaceABN 'stem'"):
+        h2 + 1
 
 
 def test_residual_block_with_skip_consumer_first_falls_back_to_copy():

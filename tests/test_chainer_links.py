@@ -280,3 +280,16 @@ def test_training_on_gpu_matches_cpu(kind):
             got.append(float(loss.array))
     np.testing.assert_allclose(got, want, rtol=1e-4)
     np.testing.assert_allclose(cupy.asnumpy(gpu.n2.avg_var), cpu.n2.avg_var, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls, kwargs, match", [
+    ("InPlaceABN", dict(activation="relu"), "invertible activation"),
+    ("InPlaceABN", dict(activation="leaky_relu", activation_param=0.0), "slope > 0"),
+    ("InPlaceABN", dict(activation="softplus"), "one of"),
+    ("ABN", dict(mode="inplace_v2"), "mode"),
+    ("ABN", dict(activation="elu", activation_param=float("nan")), "finite"),
+])
+def test_bad_activation_or_mode_fails_at_construction(cls, kwargs, match):
+    """Not at the first call, when a network is already built and maybe half trained."""
+    with pytest.raises((ValueError, TypeError), match=match):
+        getattr(C, cls)(3, **kwargs)

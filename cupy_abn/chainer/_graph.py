@@ -14,8 +14,12 @@ before writing and makes the rest fail loudly:
   else can see the memory (the caller, a view of it, a variable that ``F.identity`` passed it
   through from), and a copy is the safe answer.
 * after: the input ``Variable`` object no longer refers to the overwritten array; any later use
-  (the skip connection of a residual block that fed its input to the layer) raises instead of
-  reading the layer's output as if it were x.
+  (the skip connection of a residual block that fed its input to the layer, ``F.relu(h)``)
+  raises this module's ``RuntimeError``, naming the layer and the remedy, instead of reading
+  the layer's output as if it were x.  Chainer's nodes take their inputs' arrays through
+  ``Variable.raw_array``, so the overwritten Variable's class answers that with the error
+  (Chainer's own check would otherwise see a foreign array type first and raise a TypeError
+  about mixed array types).
 """
 from __future__ import annotations
 
@@ -31,9 +35,10 @@ class InPlaceFallbackWarning(UserWarning):
     """An in-place layer computed on a copy of x because x must not be overwritten."""
 
 
-_AFTER = ("x was overwritten in place by an InPlaceABN layer and holds its output now: feed "
-          "the layer a value that no other node uses (e.g. conv -> InPlaceABN), or keep x "
-          "with mode='standard' / an explicit F.copy")
+def _after(layer: str) -> str:
+    return (f"x was overwritten in place by {layer} and holds its output now: feed the layer a "
+            "value that no other node uses (e.g. conv -> InPlaceABN), or keep x with "
+            "mode='standard' / an explicit F.copy(x) before the layer")
 
 
 class OverwrittenArray:
@@ -42,22 +47,43 @@ class OverwrittenArray:
     Every attribute access raises, so reusing the variable fails with a message instead of
     silently reading the layer's output.
     """
-    __slots__ = ("shape_", "dtype_")
+    __slots__ = ("shape_", "dtype_", "layer_")
 
-    def __init__(self, shape, dtype):
-        self.shape_, self.dtype_ = tuple(shape), dtype
+    def __init__(self, shape, dtype, layer: str = "an InPlaceABN layer"):
+        self.shape_, self.dtype_, self.layer_ = tuple(shape), dtype, layer
 
     def __getattr__(self, name: str) -> Any:
-        raise RuntimeError(f"{_AFTER} (accessed .{name} of an array of shape {self.shape_})")
+        raise RuntimeError(f"{_after(self.layer_)} (accessed .{name} of an array of shape "
+                           f"{self.shape_})")
 
     def __repr__(self) -> str:
-        return f"<OverwrittenArray shape={self.shape_} dtype={self.dtype_}: {_AFTER}>"
+        return (f"<OverwrittenArray shape={self.shape_} dtype={self.dtype_}: "
+                f"{_after(self.layer_)}>")
 
     def __array__(self, *args, **kwargs):
-        raise RuntimeError(_AFTER)
+        raise RuntimeError(_after(self.layer_))
 
     def __len__(self) -> int:
-        raise RuntimeError(_AFTER)
+        raise RuntimeError(_after(self.layer_))
+
+
+class OverwrittenVariable(chainer.Variable):
+    """The class an overwritten input Variable takes: every node it is fed to raises."""
+
+    @property
+    def raw_array(self):
+        raise RuntimeError(_after(self._data[0].layer_))
+
+    @property
+    def array(self):
+        return self._data[0]
+
+    @array.setter
+    def array(self, d) -> None:   # noqa: D401 - a new array makes the Variable usable again
+        self.__class__ = chainer.Variable
+        self.array = d
+
+    data = array
 
 
 def copy_reason(x: Any) -> Optional[str]:
@@ -98,7 +124,12 @@ def needs_copy(x: Any, stacklevel: int = 3) -> bool:
     return True
 
 
-def invalidate(x: Any) -> None:
+def layer_name(kind: str, name: Optional[str]) -> str:
+    """How errors name a layer: ``InPlaceABN 'bn1'``, or the kind alone."""
+    return f"{kind} {name!r}" if name else f"an {kind} layer"
+
+
+def invalidate(x: Any, layer: str = "an InPlaceABN layer") -> None:
     """Detach an overwritten input Variable from its array (see the module docstring).
 
     Writes ``Variable._data`` directly: the public setter accepts arrays only.  The node keeps
@@ -106,4 +137,5 @@ def invalidate(x: Any) -> None:
     """
     if isinstance(x, chainer.Variable):
         arr = x.array
-        x._data[0] = OverwrittenArray(arr.shape, arr.dtype)
+        x._data[0] = OverwrittenArray(arr.shape, arr.dtype, layer)
+        x.__class__ = OverwrittenVariable

@@ -201,7 +201,8 @@ def _differentiable_backward(node: ABNFunction, gz):
 
 
 def _apply(x, gamma, beta, running_mean, running_var, *, mode: str, training: Optional[bool],
-           decay: float, eps: float, activation: str, activation_param: float):
+           decay: float, eps: float, activation: str, activation_param: float,
+           name: Optional[str] = None):
     if training is None:
         training = bool(chainer.config.train)
     in_place = mode != "standard"
@@ -219,7 +220,7 @@ def _apply(x, gamma, beta, running_mean, running_var, *, mode: str, training: Op
     inputs = (x, gamma, beta) + ((running_mean, running_var) if stats_inputs else ())
     z, = node.apply(inputs)
     if in_place and not copy:
-        _graph.invalidate(x)
+        _graph.invalidate(x, _graph.layer_name("InPlaceABN", name))
     return z
 
 
@@ -256,7 +257,8 @@ def abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None, running_var: An
 def inplace_abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None,
                 running_var: Any = None, *, training: Optional[bool] = None,
                 decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
-                activation_param: float = 0.01, mode: str = "inplace") -> chainer.Variable:
+                activation_param: float = 0.01, mode: str = "inplace",
+                name: Optional[str] = None) -> chainer.Variable:
     """InPlace-ABN: the output is written into x's array (INPLACE-ABN II by default).
 
     The scale applied is ``|gamma| + eps``.  x is overwritten only when it is the output of
@@ -276,18 +278,27 @@ def inplace_abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None,
         INPLACE-ABN II (backward from the output) or I (backward from xhat rebuilt from it).
     decay, eps, activation, activation_param
         As in :func:`cupy_abn.abn_forward`; the activation must be invertible.
+    name : str, optional
+        The layer's name, for the error raised when the overwritten x is used again (the
+        links pass theirs).
 
     Returns
     -------
     Variable
         Shares its array with x (or with x's copy).
+
+    Raises
+    ------
+    RuntimeError
+        Later, when the overwritten input Variable is fed to another node or its array is
+        read; the message names the layer and the remedy.
     """
     if mode not in ("inplace", "inplace_v1"):
         raise ValueError(f"mode: expected 'inplace' or 'inplace_v1', got {mode!r} "
                          "(use cupy_abn.chainer.abn for the standard mode)")
     return _apply(x, gamma, beta, running_mean, running_var, mode=mode, training=training,
                   decay=decay, eps=eps, activation=activation,
-                  activation_param=activation_param)
+                  activation_param=activation_param, name=name)
 
 
 def inplace_abn_v1(x: Any, gamma: Any, beta: Any, running_mean: Any = None,

@@ -17,6 +17,7 @@ import numpy as np
 from chainer import configuration, initializers
 from chainer.utils import argument, type_check
 
+from .. import _validation
 from . import functions
 
 
@@ -38,6 +39,8 @@ class _ABNLink(chainer.Link):
                  initial_avg_var: Any = None):
         super().__init__()
         self.mode = self._mode if mode is None else mode
+        # A bad mode or activation fails here, not at the first call.
+        _validation.check_activation(activation, activation_param, self.mode)
         self.decay, self.eps = decay, eps
         self.activation, self.activation_param = activation, activation_param
         self.use_gamma, self.use_beta = use_gamma, use_beta
@@ -135,7 +138,8 @@ class _ABNLink(chainer.Link):
     def _apply(self, x, gamma, beta, mean, var, **kw) -> chainer.Variable:
         if self.mode == "standard":
             return functions.abn(x, gamma, beta, mean, var, **kw)
-        return functions.inplace_abn(x, gamma, beta, mean, var, mode=self.mode, **kw)
+        return functions.inplace_abn(x, gamma, beta, mean, var, mode=self.mode,
+                                     name=self.name, **kw)
 
     def start_finetuning(self) -> None:
         """Reset the population count, as ``L.BatchNormalization.start_finetuning``."""

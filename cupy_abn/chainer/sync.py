@@ -60,12 +60,13 @@ class InPlaceABNSyncFunction(chainer.FunctionNode):
 
 def inplace_abn_sync(x, gamma, beta, comm, running_mean=None, running_var=None, *,
                      decay=0.9, eps=2e-5, activation="leaky_relu", activation_param=0.01,
-                     mode="inplace", training=None):
+                     mode="inplace", training=None, name=None):
     """Functional InPlaceABNSync; ``training`` defaults to ``chainer.config.train``.
 
     Every rank of ``comm`` calls it for the same layer with its slice of the global batch
     (its batch may be empty).  Running statistics, when given, are updated in place (training)
-    or used (evaluation, which needs them and exchanges nothing).
+    or used (evaluation, which needs them and exchanges nothing).  ``name`` names the layer
+    in the error raised when the overwritten x is used again.
     """
     if training is None:
         training = bool(chainer.config.train)
@@ -76,7 +77,7 @@ def inplace_abn_sync(x, gamma, beta, comm, running_mean=None, running_var=None, 
                                 copy_input=copy)
     z = fn.apply((x, gamma, beta))[0]
     if mode != "standard" and not copy:
-        _graph.invalidate(x)
+        _graph.invalidate(x, _graph.layer_name("InPlaceABNSync", name))
     return z
 
 
@@ -101,4 +102,5 @@ class InPlaceABNSync(_ABNLink):
         self.comm = comm
 
     def _apply(self, x, gamma, beta, mean, var, **kw) -> chainer.Variable:
-        return inplace_abn_sync(x, gamma, beta, self.comm, mean, var, mode=self.mode, **kw)
+        return inplace_abn_sync(x, gamma, beta, self.comm, mean, var, mode=self.mode,
+                                name=self.name, **kw)
