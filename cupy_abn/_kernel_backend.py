@@ -17,6 +17,7 @@ to whole waves of the occupancy the compiled variant has; elementwise kernels gi
 
 A runtime provides: ``target`` ("cuda" or "opencl"), ``multiprocessors``, ``max_block``,
 ``empty(shape, dtype)``, ``zeros(shape, dtype)``, ``empty_like(a)``, ``ascontiguous(a)``,
+``copy_into(dst, src)`` (through a strided or offset view),
 ``aligned(a, nbytes)``, ``function(family, entry, defines)``, ``occupancy(fn, block)`` (blocks
 per multiprocessor) and ``launch(fn, grid, block, args)`` (``grid`` blocks of ``block``
 threads, 1-D).
@@ -159,6 +160,9 @@ class KernelBackend:
 
     def ascontiguous(self, a):
         return self.rt.ascontiguous(a)
+
+    def copy_into(self, dst, src) -> None:
+        self.rt.copy_into(dst, src)
 
     # ---- launch geometry -------------------------------------------------------------------
     def vector_path(self, shape, *arrays) -> bool:

@@ -42,6 +42,9 @@ class NumpyBackend:
     def ascontiguous(self, a):
         return np.ascontiguousarray(a)
 
+    def copy_into(self, dst, src) -> None:
+        dst[...] = src
+
     # ---- forward -------------------------------------------------------------------------
     def moments(self, x):
         """Per-channel ``(count, mean, m2)`` partials, each ``(C, 1)``, and the shift.

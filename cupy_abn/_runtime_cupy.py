@@ -72,6 +72,10 @@ class CupyRuntime:
         """``a`` itself when C-contiguous, else a C-contiguous copy."""
         return cupy.ascontiguousarray(a)
 
+    def copy_into(self, dst, src) -> None:
+        """``dst[...] = src`` through any view ``dst``."""
+        dst[...] = src
+
     def aligned(self, a: Any, nbytes: int) -> bool:
         """Whether the data of ``a`` starts on an ``nbytes`` boundary (vector loads)."""
         return a.data.ptr % nbytes == 0

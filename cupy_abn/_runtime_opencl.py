@@ -44,7 +44,29 @@ class OpenCLRuntime:
     def ascontiguous(self, a):
         if a.flags.c_contiguous and a.offset == 0:
             return a
-        return cla.to_device(self.queue, np.ascontiguousarray(a.get()))
+        return cla.to_device(self.queue, np.ascontiguousarray(self._host_view(a)[1]))
+
+    def copy_into(self, dst, src) -> None:
+        """``dst[...] = src`` for any view ``dst`` (strided, offset); ``src`` contiguous.
+        pyopencl assigns only between equal strides: a strided ``dst`` goes through the host
+        (the bytes it spans, read, patched and written back on the same in-order queue)."""
+        if dst.flags.c_contiguous:
+            dst[...] = src
+            return
+        (raw, start), view = self._host_view(dst)
+        view[...] = src.get()
+        cl.enqueue_copy(self.queue, dst.base_data, raw, dst_offset=start)
+
+    def _host_view(self, a):
+        """((bytes a spans, their offset in a's buffer), a's view of those bytes on the host)."""
+        extent = [(n - 1) * s for n, s in zip(a.shape, a.strides)] if a.size else [0]
+        lo = sum(min(0, e) for e in extent)
+        hi = sum(max(0, e) for e in extent) + a.dtype.itemsize
+        raw = np.empty(hi - lo, np.uint8)
+        start = a.offset + lo
+        cl.enqueue_copy(self.queue, raw, a.base_data, src_offset=start)
+        view = np.ndarray(a.shape, a.dtype, buffer=raw, offset=-lo, strides=a.strides)
+        return (raw, start), view
 
     def aligned(self, a, nbytes: int) -> bool:
         """Whether ``a`` starts on an ``nbytes`` boundary of its buffer (OpenCL buffers are

@@ -181,11 +181,18 @@ def check_scalars(eps: float, decay: float) -> None:
         fail("decay", "a number in [0, 1]", repr(decay))
 
 
+def check_writeable(name: str, a: Any, why: str, flags: Any = None) -> None:
+    """``a`` is not read-only."""
+    if flags is None:
+        flags = getattr(a, "flags", None)
+    if not getattr(flags, "writeable", True):
+        fail(name, f"a writeable array ({why})", "a read-only array")
+
+
 def check_in_place_target(name: str, a: Any, why: str) -> None:
     """``a`` can be written in place: writeable and C-contiguous."""
     flags = getattr(a, "flags", None)    # numpy makes a new flags object per access
-    if not getattr(flags, "writeable", True):
-        fail(name, f"a writeable array ({why})", "a read-only array")
+    check_writeable(name, a, why, flags)
     if not getattr(flags, "c_contiguous", True):
         fail(name, f"a C-contiguous array ({why})",
              f"a non-contiguous array with strides {tuple(a.strides)}")
@@ -226,7 +233,8 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
     if running_mean is not None:
         for name, r in (("running_mean", running_mean), ("running_var", running_var)):
             check_param(name, r, channels, dtype, gd)
-            check_in_place_target(name, r, "running statistics are updated in place")
+            if training:   # strided views are fine: updated in a copy, written back
+                check_writeable(name, r, "running statistics are updated in place")
     if not training:
         if running_mean is None:
             fail("running_mean", "an array in evaluation mode (training=False normalizes "

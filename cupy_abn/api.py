@@ -37,6 +37,8 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         modes the scale applied is ``|gamma| + eps``.
     running_mean, running_var : array, shape (C,), optional
         Running statistics, updated in place in training; required when ``training=False``.
+        Any of gamma, beta and these may be strided views (a contiguous copy is computed
+        with; the running statistics are written back through the view).
     training : bool
         Normalize with batch statistics (True) or with the running statistics (False).
     decay : float
@@ -85,6 +87,12 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
     abs_gamma = mode != "standard"
     size = x.size
     m = global_count if global_count is not None else size // x.shape[1]
+    # The kernels take raw pointers: strided parameters are read from contiguous copies, and
+    # strided running statistics are updated in copies written back through the views.
+    views = (running_mean, running_var)
+    gamma, beta = be.ascontiguous(gamma), be.ascontiguous(beta)
+    if running_mean is not None:
+        running_mean, running_var = be.ascontiguous(running_mean), be.ascontiguous(running_var)
     if mode == "standard":
         x = be.ascontiguous(x)
         z = be.empty_like(x)
@@ -107,6 +115,10 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
     else:
         stats = be.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
                                 abs_gamma=abs_gamma, acc=accum_dtype(x.dtype))
+    if training:
+        for view, updated in zip(views, (running_mean, running_var)):
+            if updated is not view:
+                be.copy_into(view, updated)
     saved = SavedState(mode=mode, activation=activation, activation_param=activation_param,
                        training=training, eps=float(eps), m=float(m), z=z,
                        x=x if mode == "standard" else None, stats=stats, gamma=gamma,

@@ -1,5 +1,5 @@
-"""The array backends a test can run the public API on: NumPy, and the kernel backend on
-PoCL (pyopencl arrays) where an OpenCL CPU device is installed."""
+"""The array backends a test can run the public API on: NumPy, the kernel backend on PoCL
+(pyopencl arrays) where an OpenCL CPU device is installed, and on CuPy where a GPU is."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +20,18 @@ def pocl_queue():
     return None
 
 
+def gpu_count() -> int:
+    """CUDA devices CuPy sees (0 without CuPy or a driver)."""
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no device
+        return 0
+
+
 def api_backends():
-    """pytest params of (to_device, to_host): NumPy, then the kernels on PoCL if present."""
+    """pytest params of (to_device, to_host): NumPy, then the kernels on PoCL and on a GPU
+    where present (the GPU ones marked ``gpu``)."""
     out = [pytest.param((np.asarray, np.asarray), id="numpy")]
     queue = pocl_queue()
     if queue is not None:
@@ -29,4 +39,8 @@ def api_backends():
         out.append(pytest.param(
             (lambda a: cla.to_device(queue, np.ascontiguousarray(a)), lambda a: a.get()),
             id="kernels-pocl"))
+    if gpu_count():
+        import cupy
+        out.append(pytest.param((cupy.asarray, cupy.asnumpy), id="kernels-cupy",
+                                marks=pytest.mark.gpu))
     return out

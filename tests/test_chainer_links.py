@@ -5,6 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
+from tests._backends import gpu_count
+
 C = pytest.importorskip("cupy_abn.chainer")
 import chainer  # noqa: E402  (after cupy_abn.chainer: NumPy 2 compatibility step)
 import chainer.functions as F  # noqa: E402
@@ -249,16 +251,8 @@ def test_sync_link_is_exported():
     assert C.InPlaceABNSync.__module__ == "cupy_abn.chainer.sync"
 
 
-def _gpu_count() -> int:
-    try:
-        import cupy
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # no CUDA driver, no cupy
-        return 0
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(_gpu_count() < 1, reason="no CUDA GPU")
+@pytest.mark.skipif(gpu_count() < 1, reason="no CUDA GPU")
 @pytest.mark.parametrize("kind", ["abn", "inplace", "inplace_v1"])
 def test_training_on_gpu_matches_cpu(kind):
     import cupy

@@ -4,19 +4,13 @@ plus network-sized shapes.  Skipped cleanly without a GPU."""
 import numpy as np
 import pytest
 
+from tests._backends import gpu_count
 from tests._kernel_matrix import CASES, F16, F32, Case, check_case
 
 cupy = pytest.importorskip("cupy")
 
 
-def _gpu_count() -> int:
-    try:
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:
-        return 0
-
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_gpu_count() < 1, reason="no CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_count() < 1, reason="no CUDA GPU")]
 
 # A ResNet stem (B > 1 fills the GPU) and a late stage (many channels, small m: B = 1).
 NET_CASES = [

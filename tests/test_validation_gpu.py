@@ -3,20 +3,14 @@ import numpy as np
 import pytest
 
 import cupy_abn
+from tests._backends import gpu_count
 from tests._cases import make_inputs
 
 cupy = pytest.importorskip("cupy")
 
 
-def _gpu_count() -> int:
-    try:
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:
-        return 0
-
-
 pytestmark = pytest.mark.gpu
-needs_gpu = pytest.mark.skipif(_gpu_count() < 1, reason="no CUDA GPU")
+needs_gpu = pytest.mark.skipif(gpu_count() < 1, reason="no CUDA GPU")
 
 
 @needs_gpu
@@ -37,7 +31,7 @@ def test_cupy_x_with_numpy_running_stats():
     assert np.array_equal(cupy.asnumpy(xd), x)
 
 
-@pytest.mark.skipif(_gpu_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.skipif(gpu_count() < 2, reason="needs two CUDA GPUs")
 def test_arrays_on_different_gpus():
     x, gamma, beta, rm, rv, _ = make_inputs((4, 3, 5), np.float32, "devices")
     with cupy.cuda.Device(0):
