@@ -21,12 +21,14 @@ import numpy as np
 from chainer.utils import type_check
 
 from .. import api
+from ..sync import sync_abn_backward, sync_abn_forward
 from .._numpy_backend import accum_dtype
 from . import _graph
 
 _DOUBLE = ("{label} supports first-order gradients only (its backward is rebuilt from the "
-           "output and is not itself differentiable); call backward() without "
-           "enable_double_backprop=True, or use mode='standard' (cupy_abn.chainer.abn / ABN)")
+           "output, or exchanges statistics across ranks, and is not itself differentiable); "
+           "call backward() without enable_double_backprop=True, or use mode='standard' "
+           "without a communicator (cupy_abn.chainer.abn / ABN)")
 
 
 class ABNFunction(chainer.FunctionNode):
@@ -49,27 +51,34 @@ class ABNFunction(chainer.FunctionNode):
         Work on a copy of x (the caller found that x must not be overwritten).
     decay, eps, activation, activation_param
         As in :func:`cupy_abn.abn_forward`.
+    comm : ChainerMN communicator, optional
+        Synchronized batch statistics over the ranks of ``comm`` in training
+        (:mod:`cupy_abn.sync`), with ``MultiNodeBatchNormalization``'s gradient convention:
+        ``gamma.grad`` and ``beta.grad`` are the global sums divided by ``comm.size``.  Such a
+        node is first order in every mode, and evaluation exchanges nothing.
     """
 
     def __init__(self, running_mean=None, running_var=None, *, training: bool = True,
                  decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
                  activation_param: float = 0.01, mode: str = "inplace",
-                 copy_input: bool = False):
+                 copy_input: bool = False, comm: Any = None):
         self.running_mean, self.running_var = running_mean, running_var
         self.kw = dict(training=training, decay=decay, eps=eps, activation=activation,
                        activation_param=activation_param, mode=mode)
         self.copy_input = copy_input
+        self.comm = comm
         self.saved = None
 
     @property
     def label(self) -> str:
-        return {"standard": "ABN", "inplace": "InPlaceABN",
+        name = {"standard": "ABN", "inplace": "InPlaceABN",
                 "inplace_v1": "InPlaceABNv1"}[self.kw["mode"]]
+        return name if self.comm is None else name + "Sync"
 
     @property
     def takes_stats(self) -> bool:
-        """Whether mean and var are inputs 3 and 4 (standard mode, evaluation)."""
-        return self.kw["mode"] == "standard" and not self.kw["training"]
+        """Whether mean and var are inputs 3 and 4 (standard mode, evaluation, no comm)."""
+        return self.kw["mode"] == "standard" and not self.kw["training"] and self.comm is None
 
     def check_type_forward(self, in_types):
         names = ("x", "gamma", "beta") + (("mean", "var") if self.takes_stats else ())
@@ -89,7 +98,10 @@ class ABNFunction(chainer.FunctionNode):
         if in_place and self.copy_input:
             xp = chainer.backend.get_array_module(x)
             x = xp.array(x, order="C", copy=True)
-        z, self.saved = api.abn_forward(x, gamma, beta, mean, var, **self.kw)
+        if self.comm is None:
+            z, self.saved = api.abn_forward(x, gamma, beta, mean, var, **self.kw)
+        else:
+            z, self.saved = sync_abn_forward(x, gamma, beta, mean, var, self.comm, **self.kw)
         # Mark what the graph must not overwrite: x (standard mode keeps it) or z (in place).
         # Standard mode also keeps the (per-channel) parameters for its differentiable
         # backward.
@@ -101,14 +113,20 @@ class ABNFunction(chainer.FunctionNode):
 
     def backward(self, indexes, grad_outputs):
         if chainer.config.enable_backprop:
-            if self.kw["mode"] != "standard":
+            if self.kw["mode"] != "standard" or self.comm is not None:
                 raise NotImplementedError(_DOUBLE.format(label=self.label))
             return _differentiable_backward(self, grad_outputs[0])
         gz, = grad_outputs
         z = self.saved.z
         xp = chainer.backend.get_array_module(z)
         gz = xp.zeros_like(z) if gz is None else gz.array
-        dx, dgamma, dbeta = api.abn_backward(self.saved, gz)
+        if self.comm is None:
+            dx, dgamma, dbeta = api.abn_backward(self.saved, gz)
+        else:
+            dx, dgamma, dbeta = sync_abn_backward(self.saved, gz, self.comm)
+            if self.saved.training:   # MultiNodeBatchNormalization's convention
+                size = dgamma.dtype.type(self.comm.size)
+                dgamma, dbeta = dgamma / size, dbeta / size
         grads = [dx, dgamma, dbeta]
         if self.takes_stats:
             grads += _stats_grads(self.saved, self.get_retained_inputs(), dgamma, dbeta,

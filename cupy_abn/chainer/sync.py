@@ -10,52 +10,14 @@ losses, like every other parameter; ``x.grad`` is this rank's slice of the globa
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Optional
 
 import chainer
 
-from ..sync import sync_abn_backward, sync_abn_forward
 from . import _graph
+from .functions import ABNFunction
 from .links import _ABNLink
-
-
-class InPlaceABNSyncFunction(chainer.FunctionNode):
-    """``(x, gamma, beta) -> z``, collectively over ``comm``; ``z`` is ``x``'s array in place."""
-
-    def __init__(self, comm, running_mean=None, running_var=None, *, training=True,
-                 decay=0.9, eps=2e-5, activation="leaky_relu", activation_param=0.01,
-                 mode="inplace", copy_input=False):
-        self.comm = comm
-        self.copy_input = copy_input
-        self.running_mean, self.running_var = running_mean, running_var
-        self.kw = dict(training=training, decay=decay, eps=eps, activation=activation,
-                       activation_param=activation_param, mode=mode)
-        self.saved = None
-
-    def forward(self, inputs):
-        x, gamma, beta = inputs
-        if self.copy_input:   # x must not be overwritten (cupy_abn.chainer._graph)
-            xp = chainer.backend.get_array_module(x)
-            x = xp.array(x, order="C", copy=True)
-        # Mark what the graph must not overwrite: x (standard mode keeps it) or z (in place).
-        if self.kw["mode"] == "standard":
-            self.retain_inputs((0,))
-        else:
-            self.retain_outputs((0,))
-        z, self.saved = sync_abn_forward(x, gamma, beta, self.running_mean, self.running_var,
-                                         self.comm, **self.kw)
-        return z,
-
-    def backward(self, indexes, grad_outputs):
-        gz, = grad_outputs
-        saved, self.saved = self.saved, None
-        xp = chainer.backend.get_array_module(saved.z)
-        gz = xp.zeros_like(saved.z) if gz is None else gz.array
-        dx, dg, db = sync_abn_backward(saved, gz, self.comm)
-        if saved.training:
-            size = self.comm.size
-            dg, db = dg / dg.dtype.type(size), db / db.dtype.type(size)
-        return chainer.Variable(dx), chainer.Variable(dg), chainer.Variable(db)
 
 
 def inplace_abn_sync(x, gamma, beta, comm, running_mean=None, running_var=None, *,
@@ -71,11 +33,10 @@ def inplace_abn_sync(x, gamma, beta, comm, running_mean=None, running_var=None, 
     if training is None:
         training = bool(chainer.config.train)
     copy = mode != "standard" and _graph.needs_copy(x, stacklevel=3)
-    fn = InPlaceABNSyncFunction(comm, running_mean, running_var, training=training,
-                                decay=decay, eps=eps, activation=activation,
-                                activation_param=activation_param, mode=mode,
-                                copy_input=copy)
-    z = fn.apply((x, gamma, beta))[0]
+    fn = ABNFunction(running_mean, running_var, training=training, decay=decay, eps=eps,
+                     activation=activation, activation_param=activation_param, mode=mode,
+                     copy_input=copy, comm=comm)
+    z, = fn.apply((x, gamma, beta))
     if mode != "standard" and not copy:
         _graph.invalidate(x, _graph.layer_name("InPlaceABNSync", name))
     return z
@@ -104,3 +65,13 @@ class InPlaceABNSync(_ABNLink):
     def _apply(self, x, gamma, beta, mean, var, **kw) -> chainer.Variable:
         return inplace_abn_sync(x, gamma, beta, self.comm, mean, var, mode=self.mode,
                                 name=self.name, **kw)
+
+    def __deepcopy__(self, memo):
+        """A deep copy that shares the communicator (as ``MultiNodeBatchNormalization``): a
+        communicator is a handle on the processes, not state to duplicate."""
+        memo[id(self.comm)] = self.comm
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            object.__setattr__(new, key, copy.deepcopy(value, memo))
+        return new
