@@ -25,11 +25,11 @@ threads, 1-D).
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import _geometry as G
 from . import _kernel_source as K
 from ._activations import ACTIVATIONS
 from ._numpy_backend import accum_dtype
@@ -141,8 +141,7 @@ def resident_block(m_packs: int, vec: int, max_block: int = RES_MAX_BLOCK,
     return block if block <= min(RES_MAX_BLOCK, max_block) else 0
 
 
-def _ncs(shape):
-    return int(shape[0]), int(shape[1]), math.prod(int(d) for d in shape[2:])
+_ncs = G.ncs
 
 
 class KernelBackend:
@@ -226,7 +225,7 @@ class KernelBackend:
         x = self.rt.ascontiguous(x)
         acc = accum_dtype(x.dtype)
         fn, plan, args = self._moments(x, acc)   # parameters are never read: any valid dtype
-        self.rt.launch(fn, x.shape[1] * plan.parts, plan.block,
+        self.rt.launch(fn, G.channels(x.shape) * plan.parts, plan.block,
                        args + self._no_finish(acc, args[5]))
         return args[5:9]
 
@@ -237,7 +236,7 @@ class KernelBackend:
         ``channel_moments`` finishes the statistics in its last block per channel, then
         ``normalize_activate``."""
         acc = accum_dtype(x.dtype)
-        c = int(x.shape[1])
+        c = G.channels(x.shape)
         update = running_mean is not None
         rm = running_mean if update else gamma   # never written when update_running == 0
         rv = running_var if update else gamma
@@ -321,7 +320,7 @@ class KernelBackend:
         """An evaluation forward in one launch: each row computes its channel's constants
         from the running statistics; returns stats (6, C) for the backward."""
         acc = accum_dtype(x.dtype)
-        stats = self.rt.empty((N_ROWS, int(x.shape[1])), acc)
+        stats = self.rt.empty((N_ROWS, G.channels(x.shape)), acc)
         self._normalize(x, out, stats, activation, param, gamma.dtype,
                         (np.int32(1), gamma, beta, running_mean, running_var, acc.type(eps),
                          np.int32(abs_gamma)))
@@ -379,7 +378,7 @@ class KernelBackend:
         ``grad_input``."""
         z, dz, src, stats, activation, param, t, vector = terms
         acc = np.dtype(stats.dtype)
-        c = int(z.shape[1])
+        c = G.channels(z.shape)
         dgamma, dbeta = self.rt.empty((c,), gamma.dtype), self.rt.empty((c,), gamma.dtype)
         coef = self.rt.empty((N_COEF, c), acc)
         finish = (gamma, acc.type(m), np.int32(bool(training)), np.int32(bool(abs_gamma)),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._geometry import as_ncs as _as_ncs
+
 from ._activations import ACTIVATIONS
 from ._state import (BETA, COEF_A, COEF_B, COEF_K, G, INVSTD, MEAN, N_COEF, N_ROWS, SCALE,
                      T_U, T_XHAT_FROM_X, T_XHAT_FROM_Y, VAR)
@@ -17,10 +19,6 @@ from ._state import (BETA, COEF_A, COEF_B, COEF_K, G, INVSTD, MEAN, N_COEF, N_RO
 def accum_dtype(dtype) -> np.dtype:
     """float64 for float64 data, float32 otherwise (SPEC.md, "Precision")."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
-
-def _as_ncs(a: np.ndarray) -> np.ndarray:
-    return a.reshape(a.shape[0], a.shape[1], -1)
 
 
 def _sign(gamma: np.ndarray, acc) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Any, Callable, NoReturn, Optional, Union
 
 import numpy as np
 
+from . import _geometry as G
 from ._activations import ACTIVATIONS
 from ._state import MODES
 
@@ -221,7 +222,7 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
     check_x(x)
     check_activation(activation, activation_param, mode)
     check_scalars(eps, decay)
-    channels = x.shape[1]
+    channels = G.channels(x.shape)
     dtype = x.dtype
     check_param("gamma", gamma, channels, dtype)
     gd = gamma.dtype
@@ -240,7 +241,7 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
             fail("running_mean", "an array in evaluation mode (training=False normalizes "
                  "with the running statistics)", "None", TypeError)
     else:
-        m = count if count is not None else math.prod(x.shape) // channels
+        m = count if count is not None else G.count(x.shape)
         if not m > 1:
             if m < 1:
                 fail("x", "at least one element per channel in training (batch statistics "

@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
+from . import _geometry as G
 from . import _validation as V
 from ._dispatch import backend_for, device_scope
 from ._numpy_backend import accum_dtype
@@ -86,7 +87,7 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
     """The stages of :func:`abn_forward` on checked arguments."""
     abs_gamma = mode != "standard"
     size = x.size
-    m = global_count if global_count is not None else size // x.shape[1]
+    m = global_count if global_count is not None else G.count(x.shape)
     # The kernels take raw pointers: strided parameters are read from contiguous copies, and
     # strided running statistics are updated in copies written back through the views.
     views = (running_mean, running_var)
@@ -129,7 +130,7 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
 def _empty_moments(be, x):
     """Partials of an empty local batch: zero count, contributing nothing to the merge."""
     acc = accum_dtype(x.dtype)
-    c = x.shape[1]
+    c = G.channels(x.shape)
     return (be.zeros((c, 1), acc), be.zeros((c, 1), acc), be.zeros((c, 1), acc),
             be.zeros((c,), acc))
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import _geometry as G
 from . import _validation as V
 from ._exchange import Exchange
 from ._state import SavedState
@@ -141,8 +142,8 @@ def exchange_header(exchange: Exchange, x, rejected: Optional[BaseException]) ->
     header = np.zeros(4, np.int64)
     header[_REJECTED] = rejected is not None
     if ok_shape:
-        header[_COUNT] = int(np.prod(shape)) // shape[1] if shape[1] else 0
-        header[_CHANNELS] = shape[1]
+        header[_COUNT] = G.count(shape)
+        header[_CHANNELS] = G.channels(shape)
         header[_ITEMSIZE] = _accum_itemsize(x)
     table = exchange.allgather_host(header)
     if rejected is not None:

@@ -4,10 +4,12 @@ benchmark passes' launches and model them.  Produces the report dict of one sour
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import math
 import multiprocessing as mp
 import os
 import subprocess
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -28,17 +30,45 @@ PRIMARY = (13, 90)          # NVRTC major, sm: what CuPy 14 for CUDA 13 builds o
 MINIMAL_TENSORS = {"forward_train": 3, "forward_eval": 2, "backward": 5}
 
 
+# Compiled cubins by (NVRTC version, source text, options): the report's SASS pass and the
+# tests (run once per tox environment) compile each variant once per machine.
+CACHE_DIR = Path(os.environ.get("CUPY_ABN_STATIC_CACHE",
+                                Path(__file__).resolve().parents[2] / "build" / "static-cache"))
+
+
+def _compile(major: int, family: str, defines, target) -> bytes:
+    """The cubin or PTX of one variant, as ``_nvrtc.compile_variant`` builds it (cached)."""
+    nv = _nvrtc.load(major)
+    opts = _nvrtc.cupy_options(_nvrtc.runtime_options(defines), target.option)
+    src = K.source(family, "cuda")
+    key = hashlib.sha256(repr((nv.version, src, opts, target.kind)).encode()).hexdigest()
+    path = CACHE_DIR / key[:2] / (key + "." + target.kind)
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    data = _nvrtc.compile_variant(nv, family, defines, target).data
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)   # atomic: parallel workers and runs never see half a file
+    except OSError:
+        pass   # a read-only tree: no cache, same result
+    return data
+
+
 def _analyse(job) -> dict:
     """Compile one variant for one target; registers, spills and shared memory of its cubin
     (runs in a worker process).  The SASS (slow: ~1 s per cubin) is read by ``_read_sass``,
     only for the variants the passes launch."""
     major, family, defines, target = job
-    res = _nvrtc.compile_variant(_nvrtc.load(major), family, defines, target)
+    data = _compile(major, family, defines, target)
     out = {"major": major, "target": target.name, "kind": target.kind, "family": family,
-           "defines": list(defines), "size": len(res.data), "kernels": {}}
+           "defines": list(defines), "size": len(data), "kernels": {}}
     if target.kind != "cubin":
         return out
-    for entry, r in S.resources(res.data).items():
+    for entry, r in S.resources(data).items():
         out["kernels"][entry] = {"registers": r.registers, "stack": r.stack,
                                  "shared": r.shared, "local": r.local}
     return out
@@ -47,9 +77,8 @@ def _analyse(job) -> dict:
 def _read_sass(job) -> Dict[str, dict]:
     """Hot loops and instruction counts of every kernel of one variant's cubin."""
     major, family, defines, target = job
-    res = _nvrtc.compile_variant(_nvrtc.load(major), family, defines, target)
     out = {}
-    for entry, instrs in S.sass(res.data).items():
+    for entry, instrs in S.sass(_compile(major, family, defines, target)).items():
         ld = [i for i in instrs if i.base == "LDG"]
         st = [i for i in instrs if i.base == "STG"]
         out[entry] = {"instructions": len(instrs),

@@ -20,6 +20,7 @@ import chainer.functions as F
 import numpy as np
 from chainer.utils import type_check
 
+from .. import _geometry as geometry
 from .. import api
 from ..sync import sync_abn_backward, sync_abn_forward
 from .._numpy_backend import accum_dtype
@@ -184,16 +185,16 @@ def _differentiable_backward(node: ABNFunction, gz):
     if gz is None:
         gz = chainer.Variable(node.saved.z * 0)
     gz = cast(gz)
-    c = x.shape[1]
-    axes = (0,) + tuple(range(2, x.ndim))
-    pshape = (1, c) + (1,) * (x.ndim - 2)
+    c = geometry.channels(x.shape)
+    axes = geometry.reduced_axes(x.ndim)
+    pshape = geometry.param_shape(x.ndim, c)
 
     def bc(v):   # (C,) -> broadcast against x
         return F.broadcast_to(F.reshape(v, pshape), x.shape)
 
     eps = float(kw["eps"])
     if kw["training"]:
-        m = x.size // c
+        m = geometry.count(x.shape)
         mean = F.sum(x, axis=axes) / m
         xc = x - bc(mean)
         var = F.sum(xc * xc, axis=axes) / m

@@ -17,6 +17,7 @@ import numpy as np
 from chainer import configuration, initializers
 from chainer.utils import argument, type_check
 
+from .. import _geometry as geometry
 from .. import _validation
 from . import functions
 
@@ -119,7 +120,7 @@ class _ABNLink(chainer.Link):
             if ndim < 2:
                 raise type_check.InvalidType("x.ndim >= 2 (channels on axis 1)",
                                              f"x.ndim = {ndim}")
-            self._initialize_params((x.shape[1],))
+            self._initialize_params((geometry.channels(x.shape),))
         training = bool(configuration.config.train)
         beta = self.beta if self.beta is not None else self._fixed(0.0)
         decay = self.decay
