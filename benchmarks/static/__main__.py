@@ -56,6 +56,11 @@ def collect_revision(rev: str, modes) -> dict:
             else:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
+        # cupy_abn.kernels is the package dir kernels/ (setup.cfg): without this link an
+        # editable install of this checkout would serve today's kernel files to the old tree
+        link = tree / "cupy_abn" / "kernels"
+        if not link.exists():
+            link.symlink_to(tree / "kernels", target_is_directory=True)
         out = tmp / "report.json"
         env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1")
         print(f"[before] {rev} in {tree}", file=sys.stderr)

@@ -105,6 +105,7 @@ def plot(rep: dict, path, mode: str = "inplace") -> None:
     passes = ["forward_train", "forward_eval", "backward"]
     dtypes = ["float32", "float16"]
     fig, axes = plt.subplots(len(dtypes), len(passes), figsize=(13, 6.5), sharey=True)
+    ymax = max([1.05] + [1.12 * r["after"]["copy_fraction"] for r in rows])
     for i, dt in enumerate(dtypes):
         for j, ps in enumerate(passes):
             ax = axes[i][j]
@@ -115,18 +116,20 @@ def plot(rep: dict, path, mode: str = "inplace") -> None:
                 ax.bar([x - 0.2 for x in xs], [r.get("before", {}).get("copy_fraction", 0)
                                                for r in sel], 0.4, color="0.7",
                        label="before")
-            ax.bar([x + 0.2 for x in xs], [r["after"]["copy_fraction"] for r in sel], 0.4,
-                   color="tab:blue", label="after")
+            after = [r["after"]["copy_fraction"] for r in sel]
+            bars = ax.bar([x + 0.2 for x in xs], after, 0.4, color="tab:blue", label="after")
+            # above 100%: a channel held in registers moves less than the two-pass minimal
+            ax.bar_label(bars, labels=[f"{v:.0%}" for v in after], fontsize=7, padding=1)
             ax.axhline(GOAL, color="tab:red", ls="--", lw=1, label="goal 85%")
             ax.hlines(GOAL_SMALL, len(sel) - 1.45, len(sel) - 0.55, color="tab:orange",
                       ls=":", lw=1.5, label="goal 7x7: 60%")
             ax.set_xticks(list(xs))
             ax.set_xticklabels(labels, fontsize=8)
-            ax.set_ylim(0, 1.05)
+            ax.set_ylim(0, ymax)
             ax.set_title(f"{ps} {dt}", fontsize=10)
             if j == 0:
-                ax.set_ylabel("predicted fraction of copy BW")
-    axes[0][0].legend(fontsize=7, loc="lower left")
+                ax.set_ylabel("predicted fraction of copy BW\n(two-pass minimal bytes)")
+    axes[0][0].legend(fontsize=7, loc="upper left", ncol=2)
     tree = rep["tree"]
     before = rep["before"]["tree"] if rep.get("before") else None
     fig.suptitle(f"Static model, H100 SXM (132 SMs, {rep['model']['copy_bandwidth_GBps']:.0f}"
