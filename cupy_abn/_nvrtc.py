@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
 import os
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -278,12 +280,43 @@ def compile_variant(nv: Nvrtc, family: str, defines: Sequence[str], target: Targ
         With the log, naming the family and the defines.
     """
     opts = cupy_options(runtime_options(defines), target.option)
+    src = K.source(family, "cuda")
+    cached = _cache_path(nv, src, opts, target)
+    if cached is not None and cached.exists():
+        return Compiled(target, opts, cached.read_bytes(), "")
     try:
-        data, log = nv.compile(K.source(family, "cuda"), opts, target.kind)
+        data, log = nv.compile(src, opts, target.kind)
     except NvrtcError as err:
         raise NvrtcError(f"NVRTC {nv.version} {family} {' '.join(defines)} "
                          f"{target.name}: {err}") from None
+    if cached is not None:
+        _store(cached, data)
     return Compiled(target, opts, data, log)
+
+
+# Where compiled variants are kept between processes (the tests of two tox environments, the
+# static report): a directory named by CUPY_ABN_NVRTC_CACHE, unset by default.  Keyed by the
+# NVRTC version, the whole translation unit and the options, so a stale entry cannot match.
+CACHE_ENV = "CUPY_ABN_NVRTC_CACHE"
+
+
+def _cache_path(nv: "Nvrtc", src: str, opts: Sequence[str], target: Target):
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        return None
+    key = repr((nv.version, src, tuple(opts), target.kind))
+    key = hashlib.sha256(key.encode()).hexdigest()
+    return Path(root) / key[:2] / f"{key}.{target.kind}"
+
+
+def _store(path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)   # atomic: parallel workers never read half a file
+    except OSError:
+        pass   # a read-only place: no cache, the same result
 
 
 Job = Tuple[int, str, Tuple[str, ...], Target]   # (NVRTC major, family, defines, target)

@@ -6,6 +6,9 @@ knows (``cupy_abn._nvrtc``: CuPy's ``-ftz=true``, ``-arch`` and
 The variants come from ``cupy_abn._kernel_source.all_variants()``; what they must cover is
 derived from ``FILES`` (the defines each family reads), never from a fixed count.  Needs the
 NVRTC wheels (``pip install .[nvrtc]``); skipped cleanly, naming CUDA, where one is missing.
+Under tox, NVRTC's output is kept in ``build/nvrtc-cache`` (``CUPY_ABN_NVRTC_CACHE``, keyed by
+the NVRTC version, the translation unit and the options), so the second environment reads
+what the first compiled.
 """
 import re
 from collections import defaultdict
