@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Tuple
 
-from cupy_abn._numpy_backend import accum_dtype
+from cupy_abn._precision import accum_dtype
 
 EPS = 2e-5
 DECAY = 0.9

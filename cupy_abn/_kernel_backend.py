@@ -32,7 +32,7 @@ import numpy as np
 from . import _geometry as G
 from . import _kernel_source as K
 from ._activations import ACTIVATIONS
-from ._numpy_backend import accum_dtype
+from ._precision import accum_dtype
 from ._state import N_ROWS, T_XHAT_FROM_X
 
 MAX_BLOCK = 256            # kernels/storage.h MAX_BLOCK: shared memory and launch bounds
@@ -209,33 +209,34 @@ class KernelBackend:
             block //= 2
         return -(-channels // block), block
 
-    def _resident(self, m_packs, dtype, vector, idx64) -> int:
+    def _resident(self, m_packs, dtype, vector, idx64, acc) -> int:
         """The block of the channel-resident kernels for this channel, or 0 (two passes)."""
-        if not RESIDENT or idx64:
+        if not RESIDENT or idx64 or not K.resident_fits(dtype, acc, vector):
             return 0
         return resident_block(m_packs, K.vec_width(dtype, vector), self.rt.max_block,
-                              np.dtype(dtype) == np.float64)
+                              np.dtype(acc) == np.float64)
 
     def _fn(self, family, entry=None, **variant):
         return self.rt.function(family, entry or family, K.defines(family, **variant))
 
     # ---- forward ---------------------------------------------------------------------------
-    def moments(self, x):
-        """Per-channel (count, mean, M2) partials and the shift, for a synchronized layer."""
+    def moments(self, x, acc):
+        """Per-channel (count, mean, M2) partials in ``acc`` and the shift, for a
+        synchronized layer."""
         x = self.rt.ascontiguous(x)
-        acc = accum_dtype(x.dtype)
-        fn, plan, args = self._moments(x, acc)   # parameters are never read: any valid dtype
+        acc = np.dtype(acc)
+        fn, plan, args = self._moments(x, acc, acc)   # parameters never read: any dtype
         self.rt.launch(fn, G.channels(x.shape) * plan.parts, plan.block,
                        args + self._no_finish(acc, args[5]))
         return args[5:9]
 
     def normalize_train(self, x, out, gamma, beta, running_mean, running_var, *, eps, decay,
-                        abs_gamma, activation, param):
+                        abs_gamma, activation, param, acc):
         """A training forward: statistics (6, C) and ``out``.  A channel that fits one block
         takes one launch that reads x once (``normalize_train_resident``); otherwise
         ``channel_moments`` finishes the statistics in its last block per channel, then
         ``normalize_activate``."""
-        acc = accum_dtype(x.dtype)
+        acc = np.dtype(acc)
         c = G.channels(x.shape)
         update = running_mean is not None
         rm = running_mean if update else gamma   # never written when update_running == 0
@@ -245,27 +246,26 @@ class KernelBackend:
                   acc.type(1 - decay), np.int32(abs_gamma))
         vector = self.vector_path(x.shape, x, out)
         _, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
-        block = self._resident(m, x.dtype, vector, idx64)
+        block = self._resident(m, x.dtype, vector, idx64, acc)
         if block:
             fn = self._fn("channel_resident", "normalize_train_resident", store=x.dtype,
                           param=gamma.dtype, act=ACTIVATIONS[activation].code, t=0,
-                          idx64=idx64, vector=vector)
+                          idx64=idx64, vector=vector, acc=acc)
             self.rt.launch(fn, c, block, (x, out, np.uint32(c), it(row_len), it(m)) + finish
                            + (acc.type(param), stats))
             return stats
-        fn, plan, args = self._moments(x, gamma.dtype)
+        fn, plan, args = self._moments(x, gamma.dtype, acc)
         arrivals = self.rt.zeros((c,), np.uint32) if plan.parts > 1 else args[5]
         self.rt.launch(fn, c * plan.parts, plan.block,
                        args + (arrivals, np.int32(1)) + finish + (stats,))
         self.normalize_activate(x, out, stats, activation, param)
         return stats
 
-    def _moments(self, x, param_dtype):
-        acc = accum_dtype(x.dtype)
+    def _moments(self, x, param_dtype, acc):
         vector = self.vector_path(x.shape, x)
         c, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
         fn = self._fn("channel_moments", store=x.dtype, param=param_dtype, idx64=idx64,
-                      vector=vector)
+                      vector=vector, acc=acc)
         plan = self.reduction(fn, m, c, unroll("forward", K.vec_width(x.dtype, vector)))
         count, mean, m2 = (self.rt.empty((c, plan.parts), acc) for _ in range(3))
         shift = self.rt.empty((c,), acc)
@@ -291,7 +291,7 @@ class KernelBackend:
         rm = running_mean if update else gamma   # never written when update_running == 0
         rv = running_var if update else gamma
         grid, block = self._per_channel(c)
-        fn = self._fn("channel_train", param=gamma.dtype)
+        fn = self._fn("channel_train", param=gamma.dtype, acc=acc)
         rt.launch(fn, grid, block,
                   (count, mean, m2, shift, np.uint32(c), np.uint32(parts), gamma, beta, rm, rv,
                    np.int32(update), acc.type(eps), acc.type(decay), acc.type(1 - decay),
@@ -303,7 +303,7 @@ class KernelBackend:
         c = int(gamma.shape[0])
         stats = self.rt.empty((N_ROWS, c), acc)
         grid, block = self._per_channel(c)
-        fn = self._fn("channel_train", "channel_eval", param=gamma.dtype)
+        fn = self._fn("channel_train", "channel_eval", param=gamma.dtype, acc=acc)
         self.rt.launch(fn, grid, block, (gamma, beta, running_mean, running_var, np.uint32(c),
                                          acc.type(eps), np.int32(abs_gamma), stats))
         return stats
@@ -313,13 +313,13 @@ class KernelBackend:
         acc = np.dtype(stats.dtype)
         z = acc.type(0)
         self._normalize(x, out, stats, activation, param, acc,
-                        (np.int32(0), stats, stats, stats, stats, z, np.int32(0)))
+                        (np.int32(0), stats, stats, stats, stats, z, np.int32(0)))   # no param
 
     def normalize_eval(self, x, out, gamma, beta, running_mean, running_var, *, eps, abs_gamma,
-                       activation, param):
+                       activation, param, acc):
         """An evaluation forward in one launch: each row computes its channel's constants
         from the running statistics; returns stats (6, C) for the backward."""
-        acc = accum_dtype(x.dtype)
+        acc = np.dtype(acc)
         stats = self.rt.empty((N_ROWS, G.channels(x.shape)), acc)
         self._normalize(x, out, stats, activation, param, gamma.dtype,
                         (np.int32(1), gamma, beta, running_mean, running_var, acc.type(eps),
@@ -334,7 +334,8 @@ class KernelBackend:
                         self.rt.max_block,
                         MAX_ROW_GRID)
         fn = self._fn("normalize_activate", store=x.dtype, param=param_dtype,
-                      act=ACTIVATIONS[activation].code, idx64=idx64, vector=vector)
+                      act=ACTIVATIONS[activation].code, idx64=idx64, vector=vector,
+                      acc=stats.dtype)
         self.rt.launch(fn, plan.grid, plan.block,
                        (x, out, stats, np.uint32(c), it(row_len), it(rows),
                         np.uint32(plan.row_threads), np.dtype(stats.dtype).type(param)) + tail)
@@ -351,7 +352,8 @@ class KernelBackend:
         acc = np.dtype(stats.dtype)
         c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
         fn = self._fn("grad_sums", store=z.dtype, param=param_dtype,
-                      act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector)
+                      act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector,
+                      acc=acc)
         plan = self.reduction(fn, m, c,
                               unroll("backward", K.vec_width(z.dtype, vector), t, idx64))
         sum_dy, sum_dy_t = (self.rt.empty((c, plan.parts), acc) for _ in range(2))
@@ -385,10 +387,11 @@ class KernelBackend:
                   dgamma, dbeta, coef)
         vector = vector and self.rt.aligned(dx, K.PACK_BYTES)
         _, row_len, mp, it, idx64 = self._geometry(z.shape, z.dtype, vector)
-        block = self._resident(mp, z.dtype, vector, idx64)
+        block = self._resident(mp, z.dtype, vector, idx64, acc)
         if block:
             fn = self._fn("channel_resident", "grad_resident", store=z.dtype, param=gamma.dtype,
-                          act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector)
+                          act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector,
+                          acc=acc)
             self.rt.launch(fn, c, block,
                            (z, dz, z if src is None else src, stats, np.uint32(c), it(row_len),
                             it(mp), acc.type(param), _reciprocal(acc, param)) + finish + (dx,))
@@ -409,7 +412,7 @@ class KernelBackend:
         dgamma, dbeta = rt.empty((c,), gamma.dtype), rt.empty((c,), gamma.dtype)
         coef = rt.empty((N_COEF, c), acc)
         grid, block = self._per_channel(c)
-        fn = self._fn("channel_backward", param=gamma.dtype, t=t)
+        fn = self._fn("channel_backward", param=gamma.dtype, t=t, acc=acc)
         rt.launch(fn, grid, block,
                   (sum_dy, sum_dy_t, np.uint32(c), np.uint32(parts), stats, gamma,
                    acc.type(m), np.int32(bool(training)), np.int32(bool(abs_gamma)), dgamma,
@@ -427,7 +430,7 @@ class KernelBackend:
                         self.rt.max_block,
                         MAX_ROW_GRID)
         fn = self._fn("grad_input", store=z.dtype, act=ACTIVATIONS[activation].code, t=t,
-                      idx64=idx64, vector=vector)
+                      idx64=idx64, vector=vector, acc=acc)
         self.rt.launch(fn, plan.grid, plan.block,
                        (z, dz, z if src is None else src, coef, np.uint32(c), it(row_len),
                         it(rows), np.uint32(plan.row_threads), acc.type(param),

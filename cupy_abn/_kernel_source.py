@@ -17,6 +17,8 @@ from typing import Dict, Iterator, Tuple
 
 import numpy as np
 
+from ._precision import accum_dtype
+
 PRELUDES = {"cuda": "prelude_cuda.cuh", "opencl": "prelude_opencl.h"}
 
 # Values of the BITS defines per dtype.
@@ -104,22 +106,24 @@ def vec_width(store, vector: bool) -> int:
 
 @functools.lru_cache(maxsize=4096)   # one tuple per variant, not one per launch
 def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None,
-            vector=False) -> Tuple[str, ...]:
+            vector=False, acc=None) -> Tuple[str, ...]:
     """The ``-D`` options of a variant of ``family``, from the dtypes/codes it reads.
 
-    ``store`` and ``param`` are dtypes (or None where the family does not read them); the
-    accumulation dtype follows from them (float64 only for float64 data).  ``vector`` selects
-    16-byte packs (``VEC`` elements) instead of single elements in the streaming kernels.
+    ``store`` and ``param`` are dtypes (or None where the family does not read them);
+    ``acc``, the accumulation dtype, defaults to the wider of what they need (float64 when
+    either is float64).  ``vector`` selects 16-byte packs (``VEC`` elements) instead of single
+    elements in the streaming kernels.
     """
     uses = FILES[family].uses
     out = []
+    bits = 32
     if "store" in uses:
         out.append(f"-DSTORE_BITS={BITS[np.dtype(store)]}")
-        acc = accum_bits(BITS[np.dtype(store)])
+        bits = max(bits, accum_bits(BITS[np.dtype(store)]))
     if "param" in uses:
         out.append(f"-DPARAM_BITS={BITS[np.dtype(param)]}")
-        acc = accum_bits(BITS[np.dtype(param)])
-    out.append(f"-DACC_BITS={acc}")
+        bits = max(bits, accum_bits(BITS[np.dtype(param)]))
+    out.append(f"-DACC_BITS={BITS[np.dtype(acc)] if acc is not None else bits}")
     if "act" in uses:
         out.append(f"-DACT={int(act)}")
     if "t" in uses:
@@ -130,9 +134,17 @@ def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None
     return tuple(out)
 
 
-# (x dtype, parameter dtype) pairs the library accepts (cupy_abn/_validation.py).
-DTYPE_PAIRS = ((np.float16, np.float16), (np.float16, np.float32), (np.float32, np.float32),
-               (np.float64, np.float64))
+# (x dtype, parameter dtype) pairs the library accepts (cupy_abn/_validation.py): any float
+# parameters with any float x, as Chainer; accumulation in the wider of the two.
+FLOATS = (np.float16, np.float32, np.float64)
+DTYPE_PAIRS = tuple(itertools.product(FLOATS, FLOATS))
+
+
+def resident_fits(store, acc, vector: bool) -> bool:
+    """Whether the channel-resident kernels hold at least one pack per thread: RES_ELEMS
+    (8, or 4 float64 accumulators) elements of VEC-wide packs (channel_resident.cu)."""
+    elems = 4 if np.dtype(acc) == np.float64 else 8
+    return elems >= vec_width(store, vector)
 
 
 def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
@@ -152,8 +164,11 @@ def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
                 DTYPE_PAIRS, pairs, (False, True), (False, True)):
             if idx64 and family in INDEX32_ONLY:
                 continue
+            acc = accum_dtype(xd, pd)
+            if family == "channel_resident" and not resident_fits(xd, acc, vector):
+                continue   # float16 packs of 8 with float64 accumulators: two-pass path
             key = (family, defines(family, store=xd, param=pd, act=act, t=t, idx64=idx64,
-                                   vector=vector))
+                                   vector=vector, acc=acc))
             if key not in seen:
                 seen.add(key)
                 yield key

@@ -16,11 +16,6 @@ from ._state import (BETA, COEF_A, COEF_B, COEF_K, G, INVSTD, MEAN, N_COEF, N_RO
                      T_U, T_XHAT_FROM_X, T_XHAT_FROM_Y, VAR)
 
 
-def accum_dtype(dtype) -> np.dtype:
-    """float64 for float64 data, float32 otherwise (SPEC.md, "Precision")."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
-
 def _sign(gamma: np.ndarray, acc) -> np.ndarray:
     """d|gamma|/dgamma with the reference's convention: +1 at zero, so a zero gamma learns."""
     return np.where(gamma < 0, -1.0, 1.0).astype(acc)
@@ -44,13 +39,13 @@ class NumpyBackend:
         dst[...] = src
 
     # ---- forward -------------------------------------------------------------------------
-    def moments(self, x):
-        """Per-channel ``(count, mean, m2)`` partials, each ``(C, 1)``, and the shift.
+    def moments(self, x, acc):
+        """Per-channel ``(count, mean, m2)`` partials, each ``(C, 1)``, and the shift, in
+        ``acc``.
 
         The data are shifted by the channel's first element before summing, so that a large
         common offset (mean 1e4, std 1e-2 in float32) does not swamp the deviations.
         """
-        acc = accum_dtype(x.dtype)
         x3 = _as_ncs(x)
         n, c, s = x3.shape
         shift = x3[0, :, 0].astype(acc)
@@ -79,18 +74,18 @@ class NumpyBackend:
         return stats
 
     def normalize_train(self, x, out, gamma, beta, running_mean, running_var, *, eps, decay,
-                        abs_gamma, activation, param):
+                        abs_gamma, activation, param, acc):
         """A training forward without a synchronization hook: statistics, then ``out``."""
-        stats = self.channel_train(*self.moments(x), gamma, beta, running_mean, running_var,
-                                   eps=eps, decay=decay, abs_gamma=abs_gamma)
+        stats = self.channel_train(*self.moments(x, acc), gamma, beta, running_mean,
+                                   running_var, eps=eps, decay=decay, abs_gamma=abs_gamma)
         self.normalize_activate(x, out, stats, activation, param)
         return stats
 
     def normalize_eval(self, x, out, gamma, beta, running_mean, running_var, *, eps, abs_gamma,
-                       activation, param):
+                       activation, param, acc):
         """An evaluation forward: statistics from the running ones, then ``out``."""
         stats = self.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
-                                  abs_gamma=abs_gamma, acc=accum_dtype(x.dtype))
+                                  abs_gamma=abs_gamma, acc=acc)
         self.normalize_activate(x, out, stats, activation, param)
         return stats
 

@@ -122,32 +122,17 @@ def check_x(x: Any) -> None:
         fail("x", "dtype float16, float32 or float64", f"dtype {np.dtype(x.dtype)}", TypeError)
 
 
-_PARAM_DTYPES = {np.dtype(np.float16): (np.dtype(np.float16), np.dtype(np.float32)),
-                 np.dtype(np.float32): (np.dtype(np.float32),),
-                 np.dtype(np.float64): (np.dtype(np.float64),)}
-
-
-def param_dtypes(x_dtype: np.dtype) -> tuple:
-    """Dtypes the parameters may have for an input of ``x_dtype``."""
-    allowed = _PARAM_DTYPES.get(x_dtype)
-    if allowed is None:
-        x_dtype = np.dtype(x_dtype)
-        allowed = _PARAM_DTYPES.get(x_dtype, (x_dtype,))
-    return allowed
-
-
-def check_param(name: str, p: Any, channels: int, dtype: np.dtype, ref_dtype=None) -> None:
-    """A per-channel vector: shape ``(channels,)``, a dtype allowed for ``x`` of ``dtype``
-    and, when ``ref_dtype`` is given, that very dtype (gamma's)."""
+def check_param(name: str, p: Any, channels: int, ref_dtype=None) -> None:
+    """A per-channel vector: shape ``(channels,)``, a float dtype (any, whatever x's: the
+    computation accumulates in the wider of the two, as Chainer) and, when ``ref_dtype`` is
+    given, that very dtype (gamma's)."""
     shape = p.shape
     if len(shape) != 1 or shape[0] != channels:
         fail(name, f"shape ({channels},) (one value per channel of x)",
              f"shape {tuple(shape)}")
-    allowed = param_dtypes(dtype)
     pd = p.dtype
-    if pd not in allowed:
-        fail(name, "dtype " + " or ".join(str(d) for d in allowed) +
-             f" for x of dtype {np.dtype(dtype)}", f"dtype {np.dtype(pd)}", TypeError)
+    if pd not in FLOAT_DTYPES:
+        fail(name, "dtype float16, float32 or float64", f"dtype {np.dtype(pd)}", TypeError)
     if ref_dtype is not None and pd != ref_dtype:
         fail(name, f"the dtype of gamma ({np.dtype(ref_dtype)})", f"dtype {np.dtype(pd)}",
              TypeError)
@@ -223,17 +208,16 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
     check_activation(activation, activation_param, mode)
     check_scalars(eps, decay)
     channels = G.channels(x.shape)
-    dtype = x.dtype
-    check_param("gamma", gamma, channels, dtype)
+    check_param("gamma", gamma, channels)
     gd = gamma.dtype
-    check_param("beta", beta, channels, dtype, gd)
+    check_param("beta", beta, channels, gd)
     if (running_mean is None) != (running_var is None):
         fail("running_mean/running_var", "both arrays or both None",
              f"running_mean={type(running_mean).__name__}, "
              f"running_var={type(running_var).__name__}", TypeError)
     if running_mean is not None:
         for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-            check_param(name, r, channels, dtype, gd)
+            check_param(name, r, channels, gd)
             if training:   # strided views are fine: updated in a copy, written back
                 check_writeable(name, r, "running statistics are updated in place")
     if not training:

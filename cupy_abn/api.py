@@ -14,7 +14,7 @@ import numpy as np
 from . import _geometry as G
 from . import _validation as V
 from ._dispatch import backend_for, device_scope
-from ._numpy_backend import accum_dtype
+from ._precision import accum_dtype
 from ._state import SavedState, t_kind
 
 Array = Any  # numpy.ndarray, cupy.ndarray or a pyopencl array
@@ -34,8 +34,9 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         Input with channels on axis 1; float16, float32 or float64.  In the modes
         ``"inplace"`` and ``"inplace_v1"`` it is overwritten with the output.
     gamma, beta : array, shape (C,)
-        Scale and shift; dtype of ``x`` (float16 or float32 for float16 ``x``).  In the in-place
-        modes the scale applied is ``|gamma| + eps``.
+        Scale and shift, of any float dtype (beta in gamma's); the computation accumulates in
+        the wider of x's accumulation type (float32 for float16 x) and gamma's dtype.  In the
+        in-place modes the scale applied is ``|gamma| + eps``.
     running_mean, running_var : array, shape (C,), optional
         Running statistics, updated in place in training; required when ``training=False``.
         Any of gamma, beta and these may be strided views (a contiguous copy is computed
@@ -86,6 +87,7 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
              activation_param, mode, combine_moments, global_count):
     """The stages of :func:`abn_forward` on checked arguments."""
     abs_gamma = mode != "standard"
+    acc = accum_dtype(x.dtype, gamma.dtype)
     size = x.size
     m = global_count if global_count is not None else G.count(x.shape)
     # The kernels take raw pointers: strided parameters are read from contiguous copies, and
@@ -102,9 +104,9 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
     if training and combine_moments is None:   # statistics and output: 1-2 launches on a GPU
         stats = be.normalize_train(x, z, gamma, beta, running_mean, running_var, eps=eps,
                                    decay=decay, abs_gamma=abs_gamma, activation=activation,
-                                   param=activation_param)
+                                   param=activation_param, acc=acc)
     elif training:   # the partials cross processes between the reduction and its finish
-        partials = be.moments(x) if size else _empty_moments(be, x)
+        partials = be.moments(x, acc) if size else _empty_moments(be, x, acc)
         stats = be.channel_train(*combine_moments(*partials), gamma, beta, running_mean,
                                  running_var, eps=eps, decay=decay, abs_gamma=abs_gamma)
         if size:
@@ -112,10 +114,10 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
     elif size:   # one launch on a GPU
         stats = be.normalize_eval(x, z, gamma, beta, running_mean, running_var, eps=eps,
                                   abs_gamma=abs_gamma, activation=activation,
-                                  param=activation_param)
+                                  param=activation_param, acc=acc)
     else:
         stats = be.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
-                                abs_gamma=abs_gamma, acc=accum_dtype(x.dtype))
+                                abs_gamma=abs_gamma, acc=acc)
     if training:
         for view, updated in zip(views, (running_mean, running_var)):
             if updated is not view:
@@ -127,9 +129,8 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
     return z, saved
 
 
-def _empty_moments(be, x):
+def _empty_moments(be, x, acc):
     """Partials of an empty local batch: zero count, contributing nothing to the merge."""
-    acc = accum_dtype(x.dtype)
     c = G.channels(x.shape)
     return (be.zeros((c, 1), acc), be.zeros((c, 1), acc), be.zeros((c, 1), acc),
             be.zeros((c,), acc))
@@ -181,7 +182,7 @@ def _backward(be, saved, z, grad_output, out, combine_sums):
         dgamma, dbeta = be.backward_local(terms, saved.gamma, dx, m=saved.m,
                                           training=saved.training, abs_gamma=abs_gamma)
     else:   # the partial sums cross processes between the reduction and its finish
-        sums = be.grad_sums(terms) if size else _empty_moments(be, z)[1:3]
+        sums = be.grad_sums(terms) if size else _empty_moments(be, z, saved.stats.dtype)[1:3]
         if combine_sums is not None:
             sums = combine_sums(*sums)
         dgamma, dbeta, coef = be.channel_backward(*sums, saved.stats, saved.gamma, m=saved.m,

@@ -129,6 +129,16 @@ DEVICE void store_pack(store_t *p, idx_t i, const acc_t *v)
     ((uint4 *)p)[i] = make_uint4(pack_halves(v[0], v[1]), pack_halves(v[2], v[3]),
                                  pack_halves(v[4], v[5]), pack_halves(v[6], v[7]));
 }
+#elif defined(PACK_ACCESS_OPENCL) && STORE_BITS == 32 && ACC_BITS == 64
+/* float data, double accumulation (float64 parameters): convert the vector types */
+DEVICE void load_pack(GLOBAL const store_t *p, idx_t i, acc_t *v)
+{
+    vstore4(convert_double4(vload4(i, p)), 0, v);
+}
+DEVICE void store_pack(GLOBAL store_t *p, idx_t i, const acc_t *v)
+{
+    vstore4(convert_float4(vload4(0, v)), i, p);
+}
 #elif defined(PACK_ACCESS_OPENCL) && STORE_BITS == 32
 DEVICE void load_pack(GLOBAL const store_t *p, idx_t i, acc_t *v) { vstore4(vload4(i, p), 0, v); }
 DEVICE void store_pack(GLOBAL store_t *p, idx_t i, const acc_t *v) { vstore4(vload4(0, v), i, p); }
@@ -136,13 +146,20 @@ DEVICE void store_pack(GLOBAL store_t *p, idx_t i, const acc_t *v) { vstore4(vlo
 DEVICE void load_pack(GLOBAL const store_t *p, idx_t i, acc_t *v) { vstore2(vload2(i, p), 0, v); }
 DEVICE void store_pack(GLOBAL store_t *p, idx_t i, const acc_t *v) { vstore2(vload2(0, v), i, p); }
 #elif defined(PACK_ACCESS_OPENCL) && STORE_BITS == 16
+#if ACC_BITS == 64
+#define PACK_TO_ACC(v8) convert_double8(v8)
+#define PACK_FROM_ACC(v8) convert_float8(v8)   /* then to half: as CUDA's float_to_half */
+#else
+#define PACK_TO_ACC(v8) (v8)
+#define PACK_FROM_ACC(v8) (v8)
+#endif
 DEVICE void load_pack(GLOBAL const store_t *p, idx_t i, acc_t *v)
 {
-    vstore8(vload_half8(i, p), 0, v);
+    vstore8(PACK_TO_ACC(vload_half8(i, p)), 0, v);
 }
 DEVICE void store_pack(GLOBAL store_t *p, idx_t i, const acc_t *v)
 {
-    vstore_half8(vload8(0, v), i, p);
+    vstore_half8(PACK_FROM_ACC(vload8(0, v)), i, p);
 }
 #endif
 #endif /* STORE_BITS */

@@ -58,7 +58,7 @@ def test_channel_kernels_merge_uneven_partials_with_empty_ones(queue, dtype):
     parts = []
     for p in pieces:
         if p.shape[0]:
-            parts.append(npb.moments(p))
+            parts.append(npb.moments(p, np.dtype(dtype)))
         else:
             z = np.zeros((3, 1), x.dtype)
             parts.append((z, z, z, np.zeros(3, x.dtype)))
@@ -67,7 +67,7 @@ def test_channel_kernels_merge_uneven_partials_with_empty_ones(queue, dtype):
     count = np.concatenate([p[0] for p in parts], axis=1)
     mean = np.concatenate([p[1] + (p[3] - shift)[:, None] * (p[0] > 0) for p in parts], axis=1)
     m2 = np.concatenate([p[2] for p in parts], axis=1)
-    want = npb.channel_train(*npb.moments(x), gamma, beta, rm.copy(), rv.copy(), eps=2e-5,
+    want = npb.channel_train(*npb.moments(x, np.dtype(dtype)), gamma, beta, rm.copy(), rv.copy(), eps=2e-5,
                              decay=0.9, abs_gamma=True)
     d = lambda a: cla.to_device(queue, np.ascontiguousarray(a))  # noqa: E731
     rmd, rvd = d(rm), d(rv)

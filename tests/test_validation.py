@@ -74,9 +74,10 @@ CASES = [
           lambda a: {**a, "running_var": None}),
     _case("running-mean-readonly", ValueError, ["running_mean", "writeable"],
           lambda a: {**a, "running_mean": _readonly(a["running_mean"])}),
-    _case("float16-params-float64", TypeError, ["gamma", "float16 or float32", "float64"],
-          lambda a: {**a, "x": a["x"].astype(np.float16),
-                     "gamma": a["gamma"].astype(np.float64)}),
+    _case("gamma-int", TypeError, ["gamma", "float16, float32 or float64", "int64"],
+          lambda a: {**a, "gamma": a["gamma"].astype(np.int64)}),
+    _case("running-var-other-dtype", TypeError, ["running_var", "dtype of gamma", "float16"],
+          lambda a: {**a, "running_var": a["running_var"].astype(np.float16)}),
 ]
 
 

@@ -23,7 +23,7 @@ from chainer.utils import type_check
 from .. import _geometry as geometry
 from .. import api
 from ..sync import sync_abn_backward, sync_abn_forward
-from .._numpy_backend import accum_dtype
+from .._precision import accum_dtype
 from . import _graph
 
 _DOUBLE = ("{label} supports first-order gradients only (its backward is rebuilt from the "
@@ -175,8 +175,7 @@ def _differentiable_backward(node: ABNFunction, gz):
     kw = node.kw
     retained = node.get_retained_inputs()
     x0, gamma0 = retained[:2]
-    acc = accum_dtype(x0.dtype)
-    acc = np.promote_types(acc, gamma0.dtype)
+    acc = accum_dtype(x0.dtype, gamma0.dtype)
 
     def cast(v):
         return v if v.dtype == acc else F.cast(v, acc)
