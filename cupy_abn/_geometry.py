@@ -5,7 +5,8 @@ nodes take channels, counts and views from here."""
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 CHANNEL_AXIS = 1
 
@@ -39,3 +40,91 @@ def param_shape(ndim: int, c: int) -> Tuple[int, ...]:
 def as_ncs(a: Any) -> Any:
     """The (N, C, S) view of a C-contiguous array (no copy)."""
     return a.reshape(ncs(a.shape))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How x of ``shape`` is normalized over the reduced axes ``axis`` (Chainer's ``axis``):
+    the kept axes are the "channels", ``param_shape`` their shape, and the stages see x as
+    (outer, K, inner) = (N, C, S).
+
+    When the kept axes are consecutive that is a reshape of C-contiguous x (no copy;
+    channels-last x with ``axis=(0, 1, 2)`` is (N*H*W, C, 1)).  Otherwise ``perm`` moves the
+    kept axes first, and the stages work on a (1, K, m) copy.
+    """
+    shape: Tuple[int, ...]
+    axis: Tuple[int, ...]
+    kept: Tuple[int, ...]
+    param_shape: Tuple[int, ...]
+    ncs: Tuple[int, int, int]
+    perm: Optional[Tuple[int, ...]]
+
+    @property
+    def view(self) -> bool:
+        """x reshapes to (N, C, S) without a copy (C-contiguous x)."""
+        return self.perm is None
+
+    def to_ncs(self, a: Any, xp_transpose: Callable) -> Any:
+        """a (shaped like x) as the stages' (N, C, S): a view, or a transposed copy."""
+        if self.perm is None:
+            return a.reshape(self.ncs)
+        return xp_transpose(a, self.perm).reshape(self.ncs)
+
+    def from_ncs_shape(self) -> Tuple[int, ...]:
+        """The shape of an (N, C, S) result before it is moved back (``perm`` order)."""
+        return tuple(self.shape[i] for i in self.perm) if self.perm else self.shape
+
+    @property
+    def inverse_perm(self) -> Tuple[int, ...]:
+        inv = [0] * len(self.perm)
+        for i, p in enumerate(self.perm):
+            inv[p] = i
+        return tuple(inv)
+
+
+def layout(shape: Sequence[int], axis: Any = None) -> Layout:
+    """The :class:`Layout` of ``shape`` reduced over ``axis`` (an int or a tuple of ints,
+    negative counted from the end; None: every axis but 1).
+
+    Raises
+    ------
+    ValueError
+        For an axis out of range, given twice, or a shape with nothing to reduce.
+    """
+    shape = tuple(int(d) for d in shape)
+    ndim = len(shape)
+    if axis is None:
+        axis = reduced_axes(ndim) if ndim >= 2 else (0,)
+    elif isinstance(axis, int):
+        axis = (axis,)
+    axes = []
+    for a in axis:
+        if not isinstance(a, int) or not -ndim <= a < ndim:
+            raise ValueError(f"axis: expected axes of x (ndim {ndim}) in [-{ndim}, {ndim}), "
+                             f"got {axis!r}")
+        axes.append(a % ndim)
+    if len(set(axes)) != len(axes) or not axes:
+        raise ValueError(f"axis: expected distinct axes to reduce over, got {axis!r}")
+    axes = tuple(sorted(axes))
+    kept = tuple(i for i in range(ndim) if i not in axes)
+    param_shape = tuple(shape[i] for i in kept)
+    k = math.prod(param_shape)
+    if not kept or kept == tuple(range(kept[0], kept[-1] + 1)):
+        first = kept[0] if kept else ndim
+        last = kept[-1] + 1 if kept else ndim
+        ncs_ = (math.prod(shape[:first]), k, math.prod(shape[last:]))
+        return Layout(shape, axes, kept, param_shape, ncs_, None)
+    perm = kept + axes
+    return Layout(shape, axes, kept, param_shape, (1, k, math.prod(shape[i] for i in axes)),
+                  perm)
+
+
+def chainer_axis(x_ndim: int, gamma_ndim: int, axis: Any = None) -> Optional[Tuple[int, ...]]:
+    """The reduced axes as Chainer computes them (``axis``, or 0 and the axes after gamma's,
+    which starts at axis 1), or None when that is the default layout (channels on axis 1)."""
+    if isinstance(axis, int):
+        axis = (axis,)
+    if axis is None:
+        axis = (0,) + tuple(range(gamma_ndim + 1, x_ndim))
+    axis = tuple(sorted(a % x_ndim for a in axis)) if x_ndim else tuple(axis)
+    return None if (x_ndim >= 2 and axis == reduced_axes(x_ndim)) else axis

@@ -47,9 +47,10 @@ class OpenCLRuntime:
         return cla.to_device(self.queue, np.ascontiguousarray(self._host_view(a)[1]))
 
     def copy_into(self, dst, src) -> None:
-        """``dst[...] = src`` for any view ``dst`` (strided, offset); ``src`` contiguous.
+        """``dst[...] = src`` for any views ``dst`` and ``src`` (strided, offset).
         pyopencl assigns only between equal strides: a strided ``dst`` goes through the host
         (the bytes it spans, read, patched and written back on the same in-order queue)."""
+        src = self.ascontiguous(src)
         if dst.flags.c_contiguous:
             dst[...] = src
             return

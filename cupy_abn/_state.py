@@ -65,3 +65,5 @@ class SavedState:
     stats: Any
     gamma: Any
     param_dtype: Any
+    # The axes' layout when the forward took ``axis`` (the stages saw (N, C, S)), else None.
+    layout: Optional[Any] = None

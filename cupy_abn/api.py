@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
+from . import _axis
 from . import _geometry as G
 from . import _validation as V
 from ._dispatch import backend_for, device_scope
@@ -25,7 +26,8 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
                 decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
                 activation_param: float = 0.01, mode: str = "inplace",
                 combine_moments: Optional[Callable] = None,
-                global_count: Optional[int] = None) -> Tuple[Array, SavedState]:
+                global_count: Optional[int] = None, axis: Any = None
+                ) -> Tuple[Array, SavedState]:
     """Batch normalization fused with an activation, in place in the in-place modes.
 
     Parameters
@@ -58,6 +60,11 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         partial moments before they are merged; a synchronized layer exchanges them here.
     global_count : int, optional
         Elements per channel over all processes (synchronized layers only).
+    axis : int or tuple of int, optional
+        The axes to normalize over, as Chainer's ``axis``; the parameters then have the shape
+        of the other axes.  Default: every axis but 1 (channels on axis 1).  Consecutive kept
+        axes (``(0, 1, 2)`` for channels-last NHWC, ``(0,)``) are a reshape of x; others go
+        through a copy with the kept axes first.
 
     Returns
     -------
@@ -72,6 +79,11 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
     TypeError, ValueError
         On bad input, before anything is written.
     """
+    if axis is not None:
+        return _axis.forward(abn_forward, x, gamma, beta, running_mean, running_var,
+                             axis=axis, mode=mode, training=training, decay=decay, eps=eps,
+                             activation=activation, activation_param=activation_param,
+                             combine_moments=combine_moments, global_count=global_count)
     fam = V.check_forward(x, gamma, beta, running_mean, running_var, training=training,
                           decay=decay, eps=eps, activation=activation,
                           activation_param=activation_param, mode=mode, count=global_count)
@@ -157,6 +169,15 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
     grad_x, grad_gamma, grad_beta : arrays
         ``grad_x`` like ``x``; ``grad_gamma`` and ``grad_beta`` in the dtype of gamma.
     """
+    if saved.layout is not None:
+        return _axis.backward(abn_backward_ncs, saved, grad_output, out,
+                              combine_sums=combine_sums)
+    return abn_backward_ncs(saved, grad_output, out=out, combine_sums=combine_sums)
+
+
+def abn_backward_ncs(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
+                     combine_sums: Optional[Callable] = None) -> Tuple[Array, Array, Array]:
+    """:func:`abn_backward` on the (N, C, S) layout the stages saw."""
     V.check_backward(saved, grad_output, out)
     z = saved.z
     fam = V.array_family(z)

@@ -37,7 +37,7 @@ def api_backends():
     if queue is not None:
         import pyopencl.array as cla
         out.append(pytest.param(
-            (lambda a: cla.to_device(queue, np.ascontiguousarray(a)), lambda a: a.get()),
+            (lambda a: cla.to_device(queue, np.array(a, order="C")), lambda a: a.get()),
             id="kernels-pocl"))
     if gpu_count():
         import cupy

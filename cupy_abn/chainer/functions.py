@@ -52,6 +52,9 @@ class ABNFunction(chainer.FunctionNode):
         Work on a copy of x (the caller found that x must not be overwritten).
     decay, eps, activation, activation_param
         As in :func:`cupy_abn.abn_forward`.
+    axis : int or tuple of int, optional
+        The axes normalized over, as Chainer's ``axis`` (default: 0 and the axes after
+        gamma's, which start at axis 1).
     comm : ChainerMN communicator, optional
         Synchronized batch statistics over the ranks of ``comm`` in training
         (:mod:`cupy_abn.sync`), with ``MultiNodeBatchNormalization``'s gradient convention:
@@ -62,10 +65,11 @@ class ABNFunction(chainer.FunctionNode):
     def __init__(self, running_mean=None, running_var=None, *, training: bool = True,
                  decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
                  activation_param: float = 0.01, mode: str = "inplace",
-                 copy_input: bool = False, comm: Any = None):
+                 copy_input: bool = False, comm: Any = None, axis: Any = None):
         self.running_mean, self.running_var = running_mean, running_var
         self.kw = dict(training=training, decay=decay, eps=eps, activation=activation,
                        activation_param=activation_param, mode=mode)
+        self.axis = (axis,) if isinstance(axis, int) else axis   # Chainer's axis
         self.copy_input = copy_input
         self.comm = comm
         self.saved = None
@@ -85,9 +89,18 @@ class ABNFunction(chainer.FunctionNode):
         names = ("x", "gamma", "beta") + (("mean", "var") if self.takes_stats else ())
         type_check._argname(in_types, names)
         x, gamma = in_types[:2]
-        # Rank first, in its own expect: a 1-D x must fail here, not index x.shape[1].
-        type_check.expect(x.dtype.kind == "f", x.ndim >= 2, gamma.ndim == 1)
-        type_check.expect(gamma.shape[0] == x.shape[1])
+        type_check.expect(x.dtype.kind == "f", gamma.dtype.kind == "f")
+        if self.axis is None:
+            # Rank first, in its own expect: a 1-D x must fail here, not index x.shape[1].
+            type_check.expect(x.ndim >= gamma.ndim + 1, gamma.ndim >= 1)
+        else:
+            type_check.expect(x.ndim >= len(self.axis), x.ndim > max(self.axis))
+        x_ndim = type_check.eval(x.ndim)
+        axis = geometry.chainer_axis(x_ndim, type_check.eval(gamma.ndim), self.axis)
+        kept = [i for i in range(x_ndim) if i not in (axis or geometry.reduced_axes(x_ndim))]
+        type_check.expect(gamma.ndim == len(kept))
+        for j, i in enumerate(kept):
+            type_check.expect(x.shape[i] == gamma.shape[j])
         for other in in_types[2:]:
             type_check.expect(other.shape == gamma.shape)
 
@@ -99,8 +112,12 @@ class ABNFunction(chainer.FunctionNode):
         if in_place and self.copy_input:
             xp = chainer.backend.get_array_module(x)
             x = xp.array(x, order="C", copy=True)
+        axis = geometry.chainer_axis(x.ndim, gamma.ndim, self.axis)
+        if self.comm is not None and axis is not None:
+            raise ValueError(f"axis: the synchronized layer normalizes over every axis but 1, "
+                             f"got axis={self.axis} for x of ndim {x.ndim}")
         if self.comm is None:
-            z, self.saved = api.abn_forward(x, gamma, beta, mean, var, **self.kw)
+            z, self.saved = api.abn_forward(x, gamma, beta, mean, var, axis=axis, **self.kw)
         else:
             z, self.saved = sync_abn_forward(x, gamma, beta, mean, var, self.comm, **self.kw)
         # Mark what the graph must not overwrite: x (standard mode keeps it) or z (in place).
@@ -182,18 +199,19 @@ def _differentiable_backward(node: ABNFunction, gz):
 
     x, gamma, beta = (cast(v) for v in retained[:3])
     if gz is None:
-        gz = chainer.Variable(node.saved.z * 0)
+        xp = chainer.backend.get_array_module(x0.array)
+        gz = chainer.Variable(xp.zeros(x0.shape, x0.dtype))
     gz = cast(gz)
-    c = geometry.channels(x.shape)
-    axes = geometry.reduced_axes(x.ndim)
-    pshape = geometry.param_shape(x.ndim, c)
+    axes = (geometry.chainer_axis(x.ndim, gamma.ndim, node.axis)
+            or geometry.reduced_axes(x.ndim))
+    pshape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
 
-    def bc(v):   # (C,) -> broadcast against x
+    def bc(v):   # gamma's shape -> broadcast against x
         return F.broadcast_to(F.reshape(v, pshape), x.shape)
 
     eps = float(kw["eps"])
     if kw["training"]:
-        m = geometry.count(x.shape)
+        m = x.size // max(1, gamma.size)
         mean = F.sum(x, axis=axes) / m
         xc = x - bc(mean)
         var = F.sum(xc * xc, axis=axes) / m
@@ -220,7 +238,7 @@ def _differentiable_backward(node: ABNFunction, gz):
 
 def _apply(x, gamma, beta, running_mean, running_var, *, mode: str, training: Optional[bool],
            decay: float, eps: float, activation: str, activation_param: float,
-           name: Optional[str] = None):
+           name: Optional[str] = None, axis: Any = None):
     if training is None:
         training = bool(chainer.config.train)
     in_place = mode != "standard"
@@ -234,7 +252,8 @@ def _apply(x, gamma, beta, running_mean, running_var, *, mode: str, training: Op
     node = ABNFunction(None if stats_inputs else running_mean,
                        None if stats_inputs else running_var, training=training,
                        decay=decay, eps=eps, activation=activation,
-                       activation_param=activation_param, mode=mode, copy_input=copy)
+                       activation_param=activation_param, mode=mode, copy_input=copy,
+                       axis=axis)
     inputs = (x, gamma, beta) + ((running_mean, running_var) if stats_inputs else ())
     z, = node.apply(inputs)
     if in_place and not copy:
@@ -244,7 +263,8 @@ def _apply(x, gamma, beta, running_mean, running_var, *, mode: str, training: Op
 
 def abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None, running_var: Any = None, *,
         training: Optional[bool] = None, decay: float = 0.9, eps: float = 2e-5,
-        activation: str = "leaky_relu", activation_param: float = 0.01) -> chainer.Variable:
+        activation: str = "leaky_relu", activation_param: float = 0.01,
+        axis: Any = None) -> chainer.Variable:
     """Batch normalization + activation in one node (plain ABN: x is kept, any activation).
 
     Parameters
@@ -260,6 +280,9 @@ def abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None, running_var: An
         Defaults to ``chainer.config.train``.
     decay, eps, activation, activation_param
         As in :func:`cupy_abn.abn_forward`.
+    axis : int or tuple of int, optional
+        The axes normalized over, as ``F.batch_normalization``'s ``axis`` (default: 0 and the
+        axes after gamma's, which start at axis 1); gamma has the shape of the other axes.
 
     Returns
     -------
@@ -269,14 +292,14 @@ def abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None, running_var: An
     """
     return _apply(x, gamma, beta, running_mean, running_var, mode="standard",
                   training=training, decay=decay, eps=eps, activation=activation,
-                  activation_param=activation_param)
+                  activation_param=activation_param, axis=axis)
 
 
 def inplace_abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None,
                 running_var: Any = None, *, training: Optional[bool] = None,
                 decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
                 activation_param: float = 0.01, mode: str = "inplace",
-                name: Optional[str] = None) -> chainer.Variable:
+                name: Optional[str] = None, axis: Any = None) -> chainer.Variable:
     """InPlace-ABN: the output is written into x's array (INPLACE-ABN II by default).
 
     The scale applied is ``|gamma| + eps``.  x is overwritten only when it is the output of
@@ -299,6 +322,8 @@ def inplace_abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None,
     name : str, optional
         The layer's name, for the error raised when the overwritten x is used again (the
         links pass theirs).
+    axis : int or tuple of int, optional
+        As in :func:`abn`.
 
     Returns
     -------
@@ -316,7 +341,7 @@ def inplace_abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None,
                          "(use cupy_abn.chainer.abn for the standard mode)")
     return _apply(x, gamma, beta, running_mean, running_var, mode=mode, training=training,
                   decay=decay, eps=eps, activation=activation,
-                  activation_param=activation_param, name=name)
+                  activation_param=activation_param, name=name, axis=axis)
 
 
 def inplace_abn_v1(x: Any, gamma: Any, beta: Any, running_mean: Any = None,

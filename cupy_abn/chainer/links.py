@@ -37,7 +37,7 @@ class _ABNLink(chainer.Link):
                  initial_gamma: Any = None, initial_beta: Any = None,
                  activation: str = "leaky_relu", activation_param: float = 0.01,
                  mode: Optional[str] = None, *, initial_avg_mean: Any = None,
-                 initial_avg_var: Any = None):
+                 initial_avg_var: Any = None, axis: Any = None):
         super().__init__()
         self.mode = self._mode if mode is None else mode
         # A bad mode or activation fails here, not at the first call.
@@ -45,6 +45,7 @@ class _ABNLink(chainer.Link):
         self.decay, self.eps = decay, eps
         self.activation, self.activation_param = activation, activation_param
         self.use_gamma, self.use_beta = use_gamma, use_beta
+        self.axis = (axis,) if isinstance(axis, int) else (tuple(axis) if axis else None)
         # float16 networks keep float32 parameters and statistics, like L.BatchNormalization.
         self._dtype = chainer.get_dtype(dtype, map_mixed16=np.float32)
         self._initial_avg_mean, self._initial_avg_var = initial_avg_mean, initial_avg_var
@@ -114,13 +115,17 @@ class _ABNLink(chainer.Link):
         """
         finetune, = argument.parse_kwargs(kwargs, ("finetune", False), test=_TEST_ARG)
         if self.avg_mean is None:
-            # size=None: the channels are axis 1 of the first x (Chainer infers them from
-            # its reduced axes the same way).
+            # size=None: the parameters take the shape of the axes not in axis (channels on
+            # axis 1 by default), as Chainer infers them.
             ndim = getattr(x, "ndim", 0)
-            if ndim < 2:
+            if self.axis is None and ndim < 2:
                 raise type_check.InvalidType("x.ndim >= 2 (channels on axis 1)",
                                              f"x.ndim = {ndim}")
-            self._initialize_params((geometry.channels(x.shape),))
+            if self.axis is None:
+                self._initialize_params((geometry.channels(x.shape),))
+            else:
+                self._initialize_params(tuple(d for i, d in enumerate(x.shape)
+                                              if i not in {a % ndim for a in self.axis}))
         training = bool(configuration.config.train)
         beta = self.beta if self.beta is not None else self._fixed(0.0)
         decay = self.decay
@@ -138,9 +143,9 @@ class _ABNLink(chainer.Link):
 
     def _apply(self, x, gamma, beta, mean, var, **kw) -> chainer.Variable:
         if self.mode == "standard":
-            return functions.abn(x, gamma, beta, mean, var, **kw)
+            return functions.abn(x, gamma, beta, mean, var, axis=self.axis, **kw)
         return functions.inplace_abn(x, gamma, beta, mean, var, mode=self.mode,
-                                     name=self.name, **kw)
+                                     name=self.name, axis=self.axis, **kw)
 
     def start_finetuning(self) -> None:
         """Reset the population count, as ``L.BatchNormalization.start_finetuning``."""
@@ -166,6 +171,10 @@ class ABN(_ABNLink):
     activation : {"leaky_relu", "elu", "identity", "relu"}
     activation_param : float
         Slope of leaky_relu or alpha of elu.
+    axis : int or tuple of int, optional, keyword only
+        The axes normalized over, as ``chainer.links.BatchNormalization``'s ``axis``: e.g.
+        ``(0, 1, 2)`` for channels-last (N, H, W, C) input.  The parameters have the shape
+        of the other axes (inferred from the first x when ``size`` is None).
     """
     _mode = "standard"
 
