@@ -21,6 +21,9 @@ from cupy_abn import _nvrtc
 
 FOUND = _nvrtc.available()
 VARIANTS = list(K.all_variants())
+# The first test compiles every variant for every target (thousands of compiles: minutes on
+# 2 cores, more under load); later runs read build/nvrtc-cache under tox.
+pytestmark = pytest.mark.timeout(2400)
 
 # The define each aspect of KernelFile.uses sets, and the values the library must cover.
 ASPECT_DEFINE = {"store": "STORE_BITS", "param": "PARAM_BITS", "act": "ACT", "t": "T_KIND",
