@@ -164,12 +164,15 @@ class KernelBackend:
         self.rt.copy_into(dst, src)
 
     # ---- launch geometry -------------------------------------------------------------------
-    def vector_path(self, shape, *arrays) -> bool:
-        """16-byte packs when rows are whole packs and every streamed array is aligned."""
+    def vector_path(self, shape, *arrays, acc=None) -> bool:
+        """16-byte packs when rows are whole packs, every streamed array is aligned, and the
+        accumulators of a pack fit (``K.vector_fits``: float64 accumulation of float16/32
+        data takes the scalar path)."""
         _, _, s = _ncs(shape)
-        vec = K.vec_width(arrays[0].dtype, True)
-        return s % vec == 0 and all(self.rt.aligned(a, K.PACK_BYTES)
-                                    for a in arrays if a is not None)
+        store = arrays[0].dtype
+        vec = K.vec_width(store, True)
+        return (s % vec == 0 and (acc is None or K.vector_fits(store, acc))
+                and all(self.rt.aligned(a, K.PACK_BYTES) for a in arrays if a is not None))
 
     def _geometry(self, shape, dtype, vector):
         """(channels, row length in packs, packs per channel, index type, idx64)."""
@@ -244,7 +247,7 @@ class KernelBackend:
         stats = self.rt.empty((N_ROWS, c), acc)
         finish = (gamma, beta, rm, rv, np.int32(update), acc.type(eps), acc.type(decay),
                   acc.type(1 - decay), np.int32(abs_gamma))
-        vector = self.vector_path(x.shape, x, out)
+        vector = self.vector_path(x.shape, x, out, acc=acc)
         _, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
         block = self._resident(m, x.dtype, vector, idx64, acc)
         if block:
@@ -262,7 +265,7 @@ class KernelBackend:
         return stats
 
     def _moments(self, x, param_dtype, acc):
-        vector = self.vector_path(x.shape, x)
+        vector = self.vector_path(x.shape, x, acc=acc)
         c, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
         fn = self._fn("channel_moments", store=x.dtype, param=param_dtype, idx64=idx64,
                       vector=vector, acc=acc)
@@ -327,7 +330,7 @@ class KernelBackend:
         return stats
 
     def _normalize(self, x, out, stats, activation, param, param_dtype, tail):
-        vector = self.vector_path(x.shape, x, out)
+        vector = self.vector_path(x.shape, x, out, acc=stats.dtype)
         c, row_len, _, it, idx64 = self._geometry(x.shape, x.dtype, vector)
         rows = x.shape[0] * c
         plan = row_plan(rows, row_len, unroll("forward", K.vec_width(x.dtype, vector)),
@@ -345,7 +348,8 @@ class KernelBackend:
         """The kernels rebuild dy and t from z in registers: the terms are the inputs, and
         the path (packs or elements) that every backward launch takes."""
         src = x if t == T_XHAT_FROM_X else None
-        return z, dz, src, stats, activation, param, t, self.vector_path(z.shape, z, dz, src)
+        return z, dz, src, stats, activation, param, t, self.vector_path(z.shape, z, dz, src,
+                                                                         acc=stats.dtype)
 
     def _grad_sums(self, terms, param_dtype):
         z, dz, src, stats, activation, param, t, vector = terms

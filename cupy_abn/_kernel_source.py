@@ -140,6 +140,13 @@ FLOATS = (np.float16, np.float32, np.float64)
 DTYPE_PAIRS = tuple(itertools.product(FLOATS, FLOATS))
 
 
+def vector_fits(store, acc) -> bool:
+    """Whether the vector path's packs fit in registers: float64 accumulators of float16 or
+    float32 packs (8 or 4 doubles per pack, several packs in flight per tensor) would spill,
+    so mixed float64 accumulation of narrower data takes the scalar path."""
+    return np.dtype(acc) != np.float64 or np.dtype(store) == np.float64
+
+
 def resident_fits(store, acc, vector: bool) -> bool:
     """Whether the channel-resident kernels hold at least one pack per thread: RES_ELEMS
     (8, or 4 float64 accumulators) elements of VEC-wide packs (channel_resident.cu)."""
@@ -165,8 +172,10 @@ def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
             if idx64 and family in INDEX32_ONLY:
                 continue
             acc = accum_dtype(xd, pd)
+            if vector and "vec" in FILES[family].uses and not vector_fits(xd, acc):
+                continue   # the scalar path (KernelBackend.vector_path)
             if family == "channel_resident" and not resident_fits(xd, acc, vector):
-                continue   # float16 packs of 8 with float64 accumulators: two-pass path
+                continue
             key = (family, defines(family, store=xd, param=pd, act=act, t=t, idx64=idx64,
                                    vector=vector, acc=acc))
             if key not in seen:

@@ -168,7 +168,7 @@ def test_small_channels_take_one_launch_each_way(queue, monkeypatch):
 def test_scalar_path_on_rows_that_could_take_packs(queue, monkeypatch):
     """The scalar path on large aligned rows (what an offset view gets on a GPU)."""
     from cupy_abn._kernel_backend import KernelBackend
-    monkeypatch.setattr(KernelBackend, "vector_path", lambda self, shape, *a: False)
+    monkeypatch.setattr(KernelBackend, "vector_path", lambda self, shape, *a, **kw: False)
     for dt, mode in ((np.float32, "inplace"), (np.float16, "standard")):
         check_case(Case("big", BIG, dt, "elu", mode, True),
                    lambda a: cla.to_device(queue, np.ascontiguousarray(a)), lambda a: a.get())

@@ -91,3 +91,17 @@ def test_chainer_link_with_other_parameter_dtype_matches_batch_normalization(xd,
         assert_close(a, b, _looser(kind, xd, pd), name, kind,
                      scale=max(1.0, float(np.abs(b.astype(np.float64)).max())) * (
                          np.sqrt(20) if name in ("dgamma", "dbeta") else 1))
+
+
+def test_float64_accumulation_of_narrow_data_takes_the_scalar_path():
+    """float16/float32 packs with float64 accumulators would spill (8 or 4 doubles a pack,
+    several packs in flight): the backend takes the scalar path, and no such vector variant
+    is listed (so none is compiled, and the no-spill test covers what runs)."""
+    from cupy_abn import _kernel_source as K
+    f16, f32, f64 = np.float16, np.float32, np.float64
+    assert not K.vector_fits(f32, f64) and not K.vector_fits(f16, f64)
+    assert K.vector_fits(f64, f64) and K.vector_fits(f16, f32) and K.vector_fits(f32, f32)
+    for family, defines in K.all_variants():
+        d = dict(s[2:].split("=") for s in defines)
+        if int(d.get("VEC", 1)) > 1 and d.get("STORE_BITS") != "64":
+            assert d["ACC_BITS"] == "32", (family, defines)
