@@ -54,11 +54,16 @@ def from_ncs(lay: G.Layout, a3: Any, into: Optional[Any] = None) -> Any:
 
 
 def _same_memory(a: Any, b: Any) -> bool:
-    try:
-        return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-    except (AttributeError, KeyError, TypeError):
-        ptr = getattr(getattr(a, "data", None), "ptr", None)
-        return ptr is not None and ptr == getattr(getattr(b, "data", None), "ptr", None)
+    """Whether two arrays start at the same address (NumPy, CuPy; False when unknown, which
+    only costs a copy onto itself)."""
+    def start(v):
+        try:
+            iface = getattr(v, "__array_interface__", None)
+            return iface["data"][0] if iface else v.data.ptr
+        except Exception:  # noqa: BLE001 - pyopencl (no .ptr, or an offset): unknown
+            return None
+    sa = start(a)
+    return sa is not None and sa == start(b)
 
 
 def forward(forward_fn, x, gamma, beta, running_mean, running_var, *, axis, mode, training,
