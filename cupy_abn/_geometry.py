@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 CHANNEL_AXIS = 1
 
@@ -30,11 +30,6 @@ def count(shape: Sequence[int]) -> int:
 def reduced_axes(ndim: int) -> Tuple[int, ...]:
     """The axes a channel's statistics reduce over."""
     return (0,) + tuple(range(2, ndim))
-
-
-def param_shape(ndim: int, c: int) -> Tuple[int, ...]:
-    """The shape that broadcasts a per-channel vector against x."""
-    return (1, c) + (1,) * (ndim - 2)
 
 
 def as_ncs(a: Any) -> Any:
@@ -63,12 +58,6 @@ class Layout:
     def view(self) -> bool:
         """x reshapes to (N, C, S) without a copy (C-contiguous x)."""
         return self.perm is None
-
-    def to_ncs(self, a: Any, xp_transpose: Callable) -> Any:
-        """a (shaped like x) as the stages' (N, C, S): a view, or a transposed copy."""
-        if self.perm is None:
-            return a.reshape(self.ncs)
-        return xp_transpose(a, self.perm).reshape(self.ncs)
 
     def from_ncs_shape(self) -> Tuple[int, ...]:
         """The shape of an (N, C, S) result before it is moved back (``perm`` order)."""
