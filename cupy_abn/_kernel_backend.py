@@ -141,9 +141,6 @@ def resident_block(m_packs: int, vec: int, max_block: int = RES_MAX_BLOCK,
     return block if block <= min(RES_MAX_BLOCK, max_block) else 0
 
 
-_ncs = G.ncs
-
-
 class KernelBackend:
     """The stages of ``cupy_abn.api`` as kernel launches on ``runtime``."""
 
@@ -168,7 +165,7 @@ class KernelBackend:
         """16-byte packs when rows are whole packs, every streamed array is aligned, and the
         accumulators of a pack fit (``K.vector_fits``: float64 accumulation of float16/32
         data takes the scalar path)."""
-        _, _, s = _ncs(shape)
+        _, _, s = G.ncs(shape)
         store = arrays[0].dtype
         vec = K.vec_width(store, True)
         return (s % vec == 0 and (acc is None or K.vector_fits(store, acc))
@@ -176,7 +173,7 @@ class KernelBackend:
 
     def _geometry(self, shape, dtype, vector):
         """(channels, row length in packs, packs per channel, index type, idx64)."""
-        n, c, s = _ncs(shape)
+        n, c, s = G.ncs(shape)
         row_len = s // K.vec_width(dtype, vector)
         idx64 = n * c * s >= K.IDX64_FROM
         return c, row_len, n * row_len, (np.uint64 if idx64 else np.uint32), idx64
@@ -199,7 +196,7 @@ class KernelBackend:
 
     def plan(self, shape, dtype=np.float32) -> ReductionPlan:
         """The reduction grid of a training forward on an aligned ``shape`` of ``dtype``."""
-        _, _, s = _ncs(shape)
+        _, _, s = G.ncs(shape)
         vector = s % K.vec_width(dtype, True) == 0
         c, _, m, _, idx64 = self._geometry(shape, dtype, vector)
         fn = self._fn("channel_moments", store=dtype, param=accum_dtype(dtype), idx64=idx64,

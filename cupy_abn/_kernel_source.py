@@ -95,10 +95,6 @@ def source(family: str, target: str) -> str:
     return "\n".join(f"/* ---- {p} ---- */\n{read(p)}" for p in parts)
 
 
-def accum_bits(store_bits: int) -> int:
-    return 64 if store_bits == 64 else 32
-
-
 def vec_width(store, vector: bool) -> int:
     """Elements per pack: 16 bytes of ``store`` on the vector path, 1 on the scalar path."""
     return PACK_BYTES // np.dtype(store).itemsize if vector else 1
@@ -115,15 +111,16 @@ def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None
     elements in the streaming kernels.
     """
     uses = FILES[family].uses
-    out = []
-    bits = 32
+    out, read = [], []
     if "store" in uses:
         out.append(f"-DSTORE_BITS={BITS[np.dtype(store)]}")
-        bits = max(bits, accum_bits(BITS[np.dtype(store)]))
+        read.append(store)
     if "param" in uses:
         out.append(f"-DPARAM_BITS={BITS[np.dtype(param)]}")
-        bits = max(bits, accum_bits(BITS[np.dtype(param)]))
-    out.append(f"-DACC_BITS={BITS[np.dtype(acc)] if acc is not None else bits}")
+        read.append(param)
+    if acc is None:   # the library's rule (cupy_abn/_precision.py) on what the family reads
+        acc = accum_dtype(*read)
+    out.append(f"-DACC_BITS={BITS[np.dtype(acc)]}")
     if "act" in uses:
         out.append(f"-DACT={int(act)}")
     if "t" in uses:

@@ -37,6 +37,7 @@ import numpy as np
 from . import _geometry as G
 from . import _validation as V
 from ._exchange import Exchange
+from ._precision import accum_dtype
 from ._state import SavedState
 from .api import abn_backward, abn_forward
 
@@ -67,10 +68,6 @@ def _on_host_for_opencl(hook: Callable) -> Callable:
         out = hook(*(a.get() for a in arrays))
         return tuple(cla.to_device(queue, np.ascontiguousarray(o)) for o in out)
     return wrapped
-
-
-def _accum_itemsize(x) -> int:
-    return 8 if np.dtype(x.dtype) == np.float64 else 4
 
 
 def merge_local(count, mean, m2):
@@ -130,8 +127,10 @@ def make_combine_sums(exchange: Exchange) -> Callable:
     return _on_host_for_opencl(combine_sums)
 
 
-def exchange_header(exchange: Exchange, x, rejected: Optional[BaseException]) -> np.ndarray:
-    """Allgather (rejected?, count, C, itemsize) and raise the same error on every rank.
+def exchange_header(exchange: Exchange, x, rejected: Optional[BaseException],
+                    gamma: Any = None) -> np.ndarray:
+    """Allgather (rejected?, count, C, accumulation itemsize of x and gamma) and raise the
+    same error on every rank.
 
     Returns the per-rank elements per channel.  A rank whose own input was rejected re-raises
     its error after the exchange; the others raise a RuntimeError naming it, so that no rank is
@@ -144,7 +143,7 @@ def exchange_header(exchange: Exchange, x, rejected: Optional[BaseException]) ->
     if ok_shape:
         header[_COUNT] = G.count(shape)
         header[_CHANNELS] = G.channels(shape)
-        header[_ITEMSIZE] = _accum_itemsize(x)
+        header[_ITEMSIZE] = accum_dtype(x.dtype, getattr(gamma, "dtype", None)).itemsize
     table = exchange.allgather_host(header)
     if rejected is not None:
         raise rejected
@@ -153,8 +152,8 @@ def exchange_header(exchange: Exchange, x, rejected: Optional[BaseException]) ->
         raise RuntimeError(f"synchronized forward: rank(s) {bad.tolist()} rejected their input "
                            "(see the error raised there); no statistics were exchanged")
     for col, what in ((_CHANNELS, "the same number of channels (x.shape[1])"),
-                      (_ITEMSIZE, "the same accumulation dtype (float64 x on all ranks or on "
-                                  "none)")):
+                      (_ITEMSIZE, "the same accumulation dtype (float64 x or parameters on "
+                                  "all ranks or on none)")):
         V.expect(bool((table[:, col] == table[0, col]).all()), "x", f"{what} on every rank",
                  f"{table[:, col].tolist()} on ranks 0..{exchange.size - 1}")
     return table[:, _COUNT]
@@ -185,7 +184,7 @@ def sync_abn_forward(x, gamma, beta, running_mean, running_var, comm: Any, *,
         V.check_forward(x, gamma, beta, running_mean, running_var, count=2, **kw)
     except Exception as e:  # noqa: BLE001 - re-raised after telling the other ranks
         rejected = e
-    counts = exchange_header(exchange, x, rejected)
+    counts = exchange_header(exchange, x, rejected, gamma)
     return abn_forward(x, gamma, beta, running_mean, running_var, **kw,
                        combine_moments=make_combine_moments(exchange, counts),
                        global_count=int(counts.sum()))

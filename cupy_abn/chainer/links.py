@@ -121,11 +121,7 @@ class _ABNLink(chainer.Link):
             if self.axis is None and ndim < 2:
                 raise type_check.InvalidType("x.ndim >= 2 (channels on axis 1)",
                                              f"x.ndim = {ndim}")
-            if self.axis is None:
-                self._initialize_params((geometry.channels(x.shape),))
-            else:
-                self._initialize_params(tuple(d for i, d in enumerate(x.shape)
-                                              if i not in {a % ndim for a in self.axis}))
+            self._initialize_params(geometry.layout(x.shape, self.axis).param_shape)
         training = bool(configuration.config.train)
         beta = self.beta if self.beta is not None else self._fixed(0.0)
         decay = self.decay
