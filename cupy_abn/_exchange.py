@@ -34,7 +34,6 @@ class Exchange:
             raise TypeError("comm: expected a ChainerMN communicator (with .mpi_comm) or an "
                             f"mpi4py communicator, got {type(comm).__name__}")
         self.size = int(self.mpi.Get_size())
-        self.rank = int(self.mpi.Get_rank())
 
     # ---- host-side integers (the header exchanged before the forward) --------------------
     def allgather_host(self, values: np.ndarray) -> np.ndarray:

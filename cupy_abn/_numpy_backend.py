@@ -24,8 +24,6 @@ def _sign(gamma: np.ndarray, acc) -> np.ndarray:
 class NumpyBackend:
     """Stages of the forward and backward pass for NumPy arrays (see ``cupy_abn.api``)."""
 
-    name = "numpy"
-
     def empty_like(self, a):
         return np.empty_like(a)
 
@@ -164,8 +162,8 @@ class NumpyBackend:
         dldg = sdt / g if t == T_U else sdt
         if training:
             m = acc.type(m)
-            # INPLACE-ABN II in SPEC.md's stable form: t = u = g * xhat, so dL/dg = sum dy*u / g
-            # and the u term of dx carries one more 1/g.
+            # INPLACE-ABN II in its stable form (docs/math.md, "Backward"): t = u = g * xhat,
+            # so dL/dg = sum dy*u / g and the u term of dx carries one more 1/g.
             coef[COEF_A] = dldg / (g * m) if t == T_U else sdt / m
             coef[COEF_B] = sdy / m
         dgamma = dldg * _sign(gamma, acc) if abs_gamma else dldg

@@ -19,7 +19,7 @@ N_ROWS = 6
 COEF_A, COEF_B, COEF_K = range(3)
 N_COEF = 3
 
-# What the backward kernels use as ``t`` (SPEC.md, "Backward").
+# What the backward kernels use as ``t`` (docs/math.md, "Backward").
 T_XHAT_FROM_X = 0   # plain ABN: xhat = (x - mean) * invstd
 T_XHAT_FROM_Y = 1   # INPLACE-ABN I and evaluation: xhat = (y - beta) / g
 T_U = 2             # INPLACE-ABN II: u = y - beta (= g * xhat), no division per element
@@ -58,7 +58,6 @@ class SavedState:
     activation: str
     activation_param: float
     training: bool
-    eps: float
     m: float
     z: Any
     x: Optional[Any]

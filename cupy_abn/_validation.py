@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, NoReturn, Optional, Union
+from typing import Any, Callable, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 
@@ -138,10 +138,20 @@ def check_param(name: str, p: Any, channels: int, ref_dtype=None) -> None:
              TypeError)
 
 
+IN_PLACE_MODES = tuple(m for m in MODES if m != "standard")
+
+
+def check_mode(mode: str, allowed: Sequence[str] = MODES, hint: str = "") -> None:
+    """The one check of ``mode``: one of ``allowed`` (all modes by default), else a
+    ``ValueError`` naming the choices and ``hint`` (e.g. where the other modes are)."""
+    if mode not in allowed:
+        fail("mode", "one of " + ", ".join(repr(m) for m in allowed),
+             repr(mode) + (f" ({hint})" if hint else ""))
+
+
 def check_activation(activation: str, activation_param: float, mode: str) -> None:
     """A known mode and activation, invertible with a positive parameter in place."""
-    if mode not in MODES:
-        fail("mode", "one of " + ", ".join(repr(m) for m in MODES), repr(mode))
+    check_mode(mode)
     act = ACTIVATIONS.get(activation) if isinstance(activation, str) else None
     if act is None:
         fail("activation", "one of " + ", ".join(repr(a) for a in ACTIVATIONS),

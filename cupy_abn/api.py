@@ -135,7 +135,7 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
             if updated is not view:
                 be.copy_into(view, updated)
     saved = SavedState(mode=mode, activation=activation, activation_param=activation_param,
-                       training=training, eps=float(eps), m=float(m), z=z,
+                       training=training, m=float(m), z=z,
                        x=x if mode == "standard" else None, stats=stats, gamma=gamma,
                        param_dtype=np.dtype(gamma.dtype))
     return z, saved

@@ -21,7 +21,7 @@ import numpy as np
 from chainer.utils import type_check
 
 from .. import _geometry as geometry
-from .. import api
+from .. import _validation, api
 from ..sync import sync_abn_backward, sync_abn_forward
 from .._precision import accum_dtype
 from . import _graph
@@ -336,9 +336,8 @@ def inplace_abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None,
         Later, when the overwritten input Variable is fed to another node or its array is
         read; the message names the layer and the remedy.
     """
-    if mode not in ("inplace", "inplace_v1"):
-        raise ValueError(f"mode: expected 'inplace' or 'inplace_v1', got {mode!r} "
-                         "(use cupy_abn.chainer.abn for the standard mode)")
+    _validation.check_mode(mode, _validation.IN_PLACE_MODES,
+                           "use cupy_abn.chainer.abn for the standard mode")
     return _apply(x, gamma, beta, running_mean, running_var, mode=mode, training=training,
                   decay=decay, eps=eps, activation=activation,
                   activation_param=activation_param, name=name, axis=axis)

@@ -187,8 +187,8 @@ class InPlaceABN(_ABNLink):
 
     def __init__(self, size: Optional[Any] = None, *args, mode: str = "inplace",
                  **kwargs):
-        if mode not in ("inplace", "inplace_v1"):
-            raise ValueError(f"mode: expected 'inplace' or 'inplace_v1', got {mode!r}")
+        _validation.check_mode(mode, _validation.IN_PLACE_MODES,
+                               "use ABN for the standard mode")
         super().__init__(size, *args, mode=mode, **kwargs)
 
     @classmethod
