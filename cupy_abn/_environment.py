@@ -22,7 +22,7 @@ def use_gpu(choice: str) -> bool:
     Raises
     ------
     SystemExit
-        "gpu" without a CUDA device.
+        "gpu" without CuPy (saying how to install it) or without a CUDA device.
     """
     if choice not in ("auto", "cpu", "gpu"):
         raise ValueError(f"device: expected 'auto', 'cpu' or 'gpu', got {choice!r}")
@@ -30,6 +30,12 @@ def use_gpu(choice: str) -> bool:
         return False
     found = gpu_available()
     if choice == "gpu" and not found:
+        try:
+            import cupy  # noqa: F401
+        except ImportError as err:
+            raise SystemExit(f"--device gpu: CuPy is not installed ({err}); install it with the "
+                             "extra of your CUDA version, from the repository: "
+                             'pip install ".[cuda12]" (or ".[cuda13]")') from None
         raise SystemExit("--device gpu: CuPy sees no CUDA device")
     return found
 

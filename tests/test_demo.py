@@ -85,10 +85,61 @@ def test_demo_writes_json_and_png_with_tracking_losses(tmp_path):
     assert runs["inplace"]["largest_batch"]["batch"] >= runs["standard"]["largest_batch"]["batch"]
 
 
-def test_demo_rejects_too_few_steps(capsys):
-    with pytest.raises(SystemExit):
-        demo.main(["--steps", "1"])
-    assert "--steps" in capsys.readouterr().err
+@pytest.mark.parametrize("steps", ["1", "2", "5"])
+def test_demo_rejects_fewer_steps_than_its_warm_up_needs(steps, capsys):
+    # Steps 0 to WARMUP - 1 are not timed: fewer steps would leave no step time to report.
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--device", "cpu", "--steps", steps])
+    assert exc.value.code == 2          # argparse's usage error, not a traceback
+    err = capsys.readouterr().err
+    assert f"--steps: need at least {demo.MIN_STEPS}" in err and f"got {steps}" in err
+    assert demo.MIN_STEPS == demo.WARMUP + 1
+
+
+def test_demo_at_its_minimum_steps_reports_a_step_time(tmp_path, capsys):
+    args = list(SMALL)
+    args[args.index("--steps") + 1] = str(demo.MIN_STEPS)
+    result = demo.main(args + ["--out", str(tmp_path)])
+    for run in result["runs"].values():
+        assert run["timed_steps"] == 1 and run["step_ms_median"] > 0
+    assert result["step_time_ratio"] > 0
+    assert "step time" in capsys.readouterr().out
+
+
+def test_summary_prints_n_a_for_a_missing_step_time(capsys):
+    runs = {kind: {"label": network.LABELS[kind], "kept_for_backward_bytes": 2 ** 20,
+                   "peak_step_bytes": 2 ** 21, "step_ms_median": None,
+                   "largest_batch": {"batch": 3}} for kind in network.KINDS}
+    track = {"last_fifth_mean_standard": 1.0, "last_fifth_mean_inplace": 1.0,
+             "initial_loss": 2.0, "first_10_max_abs_diff": 0.0,
+             "mean_of_10_max_abs_diff": 0.0, "max_abs_diff": 0.0}
+    demo._print({"runs": runs, "loss_tracking": track, "kept_ratio": 1.0, "peak_ratio": 1.0,
+                 "step_time_ratio": None, "largest_batch_ratio": 1.0}, demo.Path("x.json"))
+    out = capsys.readouterr().out
+    assert "n/a" in out and "step time n/a" in out
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--widths", "8,x", "argument --widths: expected positive integers separated by commas"),
+    ("--widths", "8,,16", "argument --widths: expected positive integers"),
+    ("--widths", "0,8", "argument --widths: expected positive integers"),
+    ("--batch", "0", "argument --batch: expected a positive integer, got 0"),
+    ("--batch", "-2", "argument --batch: expected a positive integer, got -2"),
+    ("--batch", "two", "argument --batch: expected a positive integer, got 'two'"),
+    ("--size", "0", "argument --size: expected a positive integer, got 0"),
+    ("--blocks", "0", "argument --blocks: expected a positive integer, got 0"),
+    ("--budget-mib", "0", "argument --budget-mib: expected a positive integer, got 0"),
+])
+def test_demo_rejects_bad_values_with_a_usage_error(option, value, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--device", "cpu", option, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_widths_option_parses_to_a_tuple():
+    assert demo._parse(["--widths", "4, 8,16"]).widths == (4, 8, 16)
 
 
 def test_device_option_resolution():
@@ -96,7 +147,20 @@ def test_device_option_resolution():
     assert use_gpu("cpu") is False
     assert use_gpu("auto") is gpu_available()
     if not gpu_available():
-        with pytest.raises(SystemExit, match="--device gpu: CuPy sees no CUDA device"):
+        with pytest.raises(SystemExit, match="--device gpu: CuPy (sees no CUDA device|is not "
+                                             "installed)"):
             use_gpu("gpu")
     with pytest.raises(ValueError, match="device: expected 'auto', 'cpu' or 'gpu', got 'tpu'"):
         use_gpu("tpu")
+
+
+def test_device_gpu_without_cupy_says_how_to_install_it(monkeypatch):
+    import sys
+    from cupy_abn._environment import use_gpu
+    monkeypatch.setitem(sys.modules, "cupy", None)      # import cupy -> ImportError
+    with pytest.raises(SystemExit) as exc:
+        use_gpu("gpu")
+    msg = str(exc.value)
+    assert "CuPy is not installed" in msg and 'pip install ".[cuda12]"' in msg
+    assert "sees no CUDA device" not in msg
+    assert use_gpu("auto") is False

@@ -30,27 +30,53 @@ from .plot import moving_average, plot
 DEFAULTS = {"cpu": (16, 16, (16, 32, 64), 256), "gpu": (64, 32, (64, 128, 256), 2048)}
 MEASURED_STEP = 1     # the step whose memory is measured (after the optimizer's first update)
 WARMUP = 5            # steps left out of the step time
+MIN_STEPS = WARMUP + 1   # at least one timed step: the summary reports the median step time
+_STEP_ROLES = (f"steps 0-{WARMUP - 1} warm up, step {MEASURED_STEP} also measures memory, "
+               f"steps {WARMUP} and later are timed")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _widths(text: str) -> tuple:
+    parts = text.split(",")
+    try:
+        widths = tuple(int(w) for w in parts)
+    except ValueError:
+        widths = ()
+    if not widths or any(w <= 0 for w in widths):
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas (e.g. 16,32,64), got {text!r}")
+    return widths
 
 
 def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m cupy_abn.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    p.add_argument("--steps", type=int, default=300, help="training steps per network")
-    p.add_argument("--batch", type=int, help="batch size (cpu 16, gpu 64)")
-    p.add_argument("--size", type=int, help="image height and width (cpu 16, gpu 32)")
-    p.add_argument("--widths", help="channels per stage, comma separated "
-                                    "(cpu 16,32,64; gpu 64,128,256)")
-    p.add_argument("--blocks", type=int, default=2, help="residual blocks per stage")
+    p.add_argument("--steps", type=int, default=300,
+                   help=f"training steps per network, at least {MIN_STEPS}: {_STEP_ROLES}")
+    p.add_argument("--batch", type=_positive_int, help="batch size (cpu 16, gpu 64)")
+    p.add_argument("--size", type=_positive_int, help="image height and width (cpu 16, gpu 32)")
+    p.add_argument("--widths", type=_widths, help="channels per stage, comma separated "
+                                                  "(cpu 16,32,64; gpu 64,128,256)")
+    p.add_argument("--blocks", type=_positive_int, default=2, help="residual blocks per stage")
     p.add_argument("--lr", type=float, default=0.02, help="MomentumSGD learning rate")
-    p.add_argument("--budget-mib", type=int, help="memory budget for the largest-batch search "
-                                                  "(cpu 256, gpu 2048)")
+    p.add_argument("--budget-mib", type=_positive_int,
+                   help="memory budget for the largest-batch search (cpu 256, gpu 2048)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="demo_out", help="folder for the JSON and the PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    if args.steps < MEASURED_STEP + 1:
-        p.error(f"--steps: need at least {MEASURED_STEP + 1}, got {args.steps}")
+    if args.steps < MIN_STEPS:
+        p.error(f"--steps: need at least {MIN_STEPS} ({_STEP_ROLES}), got {args.steps}")
     return args
 
 
@@ -108,10 +134,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     gpu = use_gpu(args.device)
     where = "gpu" if gpu else "cpu"
     batch, size, widths, budget_mib = DEFAULTS[where]
-    batch = args.batch or batch
-    budget_mib = args.budget_mib or budget_mib
-    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else widths
-    cfg = network.Config(widths=widths, blocks=args.blocks, size=args.size or size,
+    batch = args.batch if args.batch is not None else batch
+    budget_mib = args.budget_mib if args.budget_mib is not None else budget_mib
+    widths = args.widths if args.widths is not None else widths
+    size = args.size if args.size is not None else size
+    cfg = network.Config(widths=widths, blocks=args.blocks, size=size,
                          seed=args.seed)
     data = network.SyntheticData(cfg)
     env = describe(gpu)
@@ -150,6 +177,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     return result
 
 
+def _fmt(value: Optional[float], spec: str) -> str:
+    """``value`` formatted, or "n/a" (right-aligned to the same width) when it is None."""
+    if value is not None:
+        return format(value, spec)
+    width = spec.split(".")[0]
+    return format("n/a", f">{width}" if width else "")
+
+
 def _print(result: Dict[str, Any], path: Path) -> None:
     print(f"\n{'':34}{'kept MiB':>10}{'peak MiB':>10}{'step ms':>10}{'largest batch':>15}"
           f"{'final loss':>12}")
@@ -158,10 +193,12 @@ def _print(result: Dict[str, Any], path: Path) -> None:
         final = track[f"last_fifth_mean_{kind}"]
         print(f"{run['label']:34}{run['kept_for_backward_bytes'] / 2 ** 20:10.2f}"
               f"{run['peak_step_bytes'] / 2 ** 20:10.2f}"
-              f"{run['step_ms_median']:10.2f}{run['largest_batch']['batch']:15d}{final:12.4f}")
+              f"{_fmt(run['step_ms_median'], '10.2f')}{run['largest_batch']['batch']:15d}"
+              f"{final:12.4f}")
     print(f"in place / standard: kept for backward {result['kept_ratio']:.3f}, "
           f"peak {result['peak_ratio']:.3f}, step time "
-          f"{result['step_time_ratio']:.3f}, largest batch {result['largest_batch_ratio']:.2f}x")
+          f"{_fmt(result['step_time_ratio'], '.3f')}, "
+          f"largest batch {result['largest_batch_ratio']:.2f}x")
     print(f"losses (initial {track['initial_loss']:.3f}) differ by at most "
           f"{track['first_10_max_abs_diff']:.1e} over the first 10 steps, "
           f"{track['mean_of_10_max_abs_diff']:.1e} as means of 10 steps, "
