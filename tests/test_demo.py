@@ -164,3 +164,64 @@ def test_device_gpu_without_cupy_says_how_to_install_it(monkeypatch):
     assert "CuPy is not installed" in msg and 'pip install ".[cuda12]"' in msg
     assert "sees no CUDA device" not in msg
     assert use_gpu("auto") is False
+
+
+def _toy_result(step_ms=(12.0, 10.0)):
+    runs = {}
+    for kind, ms, kept, batch in zip(network.KINDS, step_ms, (5, 3), (375, 470)):
+        runs[kind] = {"label": network.LABELS[kind], "loss": list(np.linspace(3, 0.1, 40)),
+                      "kept_for_backward_bytes": kept * 2 ** 20,
+                      "peak_step_bytes": (kept + 6) * 2 ** 20, "step_ms_median": ms,
+                      "largest_batch": {"batch": batch}}
+    std, inp = (runs[k] for k in ("standard", "inplace"))
+    return {"device": "CPU: test", "norm_layers": 6, "runs": runs,
+            "config": {"batch": 16, "budget_mib": 256},
+            "kept_ratio": 0.6, "peak_ratio": 0.8,
+            "step_time_ratio": (None if None in step_ms
+                                else inp["step_ms_median"] / std["step_ms_median"]),
+            "largest_batch_ratio": 470 / 375,
+            "loss_tracking": {"first_10_max_abs_diff": 1e-5, "mean_of_10_max_abs_diff": 0.1}}
+
+
+def _figure(result, tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from cupy_abn.demo import plot as plot_mod
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    plot_mod.plot(result, tmp_path / "demo.png")
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    return figs[0]
+
+
+def test_figure_shows_step_time_ratios_labels_and_readable_legends(tmp_path, monkeypatch):
+    fig = _figure(_toy_result(), tmp_path, monkeypatch)
+    ax_loss, ax_mem, ax_time, ax_batch = fig.axes
+    for ax in fig.axes:
+        assert ax.get_ylabel()                      # every panel says what its axis is
+    assert "step time" in ax_time.get_title() and "0.83x" in ax_time.get_title()
+    assert "1.25x" in ax_batch.get_title()          # the largest-batch panel has its ratio
+    assert ax_batch.get_ylabel() == "batch size (samples)"
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in (ax_mem, ax_time, ax_batch):
+        # Value labels stay inside the frame: the axes leave room above the tallest bar.
+        frame = ax.get_window_extent(renderer)
+        for text in ax.texts:
+            assert text.get_window_extent(renderer).y1 <= frame.y1
+    # The hatch legend's swatches are neutral, not one network's colour.
+    from matplotlib.colors import to_rgba
+    for patch in ax_mem.get_legend().get_patches():
+        assert patch.get_facecolor() == to_rgba("white")
+    # The per-step curves are opaque tints, distinct per network (no blend into one colour).
+    thin = [line for line in ax_loss.get_lines() if line.get_linewidth() < 1]
+    assert len(thin) == 2 and thin[0].get_color() != thin[1].get_color()
+    assert all(line.get_alpha() in (None, 1) for line in thin)
+
+
+def test_figure_without_a_step_time_says_n_a(tmp_path, monkeypatch):
+    fig = _figure(_toy_result(step_ms=(None, None)), tmp_path, monkeypatch)
+    ax_time = fig.axes[2]
+    assert "n/a" in ax_time.get_title()
+    assert [t.get_text() for t in ax_time.texts] == ["n/a", "n/a"]
