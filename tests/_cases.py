@@ -5,6 +5,8 @@ import zlib
 
 import numpy as np
 
+from cupy_abn._activations import ACTIVATIONS as _TABLE
+
 SHAPES = {
     "NC": (7, 3),
     "NCL": (4, 5, 11),
@@ -16,7 +18,22 @@ SHAPES = {
     "primes": (3, 7, 13, 11),
 }
 DTYPES = (np.float64, np.float32, np.float16)
-ACTIVATIONS = {"identity": 0.0, "leaky_relu": 0.1, "elu": 1.2}
+# The parameter the tests give an activation, by the name of its parameter (0.0: none).
+PARAM_VALUES = {None: 0.0, "slope": 0.1, "alpha": 1.2}
+
+
+def activation_params(values=None, *, invertible_only: bool = True) -> dict:
+    """``{name: activation_param}`` for the activations of cupy_abn's own table
+    (``cupy_abn._activations.ACTIVATIONS``), the invertible ones (valid in every mode) unless
+    ``invertible_only`` is false.  ``values`` maps a parameter name (``None`` for
+    parameterless activations) to the value to use, as :data:`PARAM_VALUES` does; a new
+    parameter name in the table raises ``KeyError`` here until the tests give it a value."""
+    values = PARAM_VALUES if values is None else {**PARAM_VALUES, **values}
+    return {name: values[act.param_name] for name, act in _TABLE.items()
+            if act.invertible or not invertible_only}
+
+
+ACTIVATIONS = activation_params()
 MODES = ("standard", "inplace", "inplace_v1")
 
 

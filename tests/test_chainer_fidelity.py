@@ -24,8 +24,10 @@ import chainer.links as L  # noqa: E402
 from chainer import gradient_check  # noqa: E402
 from chainer.utils import type_check  # noqa: E402
 
+from tests._cases import activation_params  # noqa: E402
+
 LINKS = {"ABN": C.ABN, "InPlaceABN": C.InPlaceABN}
-ACTS = {"identity": 0.0, "leaky_relu": 0.2, "elu": 0.7, "relu": 0.0}
+ACTS = activation_params({"slope": 0.2, "alpha": 0.7}, invertible_only=False)
 
 
 def _x(shape=(5, 3, 2, 2), dtype=np.float32, seed=0):

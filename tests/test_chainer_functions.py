@@ -15,9 +15,10 @@ import chainer  # noqa: E402  (after cupy_abn.chainer: NumPy 2 compatibility ste
 import chainer.functions as F  # noqa: E402
 from chainer import gradient_check  # noqa: E402
 
+from tests._cases import activation_params  # noqa: E402
 from tests._reference import assert_close, ref_forward  # noqa: E402
 
-ACTS = {"identity": 0.0, "leaky_relu": 0.1, "elu": 0.8}
+ACTS = activation_params({"alpha": 0.8})
 MODES = ("standard", "inplace", "inplace_v1")
 FUNCS = {"standard": C.abn, "inplace": C.inplace_abn, "inplace_v1": C.inplace_abn_v1}
 CHECK = dict(eps=1e-6, atol=1e-7, rtol=1e-6)   # check_backward in float64

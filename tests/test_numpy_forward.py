@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import cupy_abn
-from tests._cases import ACTIVATIONS, DTYPES, MODES, SHAPES, make_inputs
+from tests._cases import ACTIVATIONS, DTYPES, MODES, SHAPES, case_id, make_inputs
 from tests._reference import assert_close, ref_forward
 
 CASES = [(s, d, a, m, t) for s, d, a, m, t in itertools.product(
@@ -15,7 +15,7 @@ CASES = [(s, d, a, m, t) for s, d, a, m, t in itertools.product(
 
 def _id(c):
     s, d, a, m, t = c
-    return f"{s}-{np.dtype(d).name}-{a}-{m}-{'train' if t else 'eval'}"
+    return case_id(s, d, a, m, "train" if t else "eval")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])

@@ -19,10 +19,11 @@ import pytest
 
 import cupy_abn
 from tests._backends import api_backends
+from tests._cases import activation_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DECAY, EPS = 0.9, 2e-5
-ACTS = {"identity": 0.0, "leaky_relu": 0.1, "elu": 0.7}
+ACTS = activation_params({"alpha": 0.7})
 TOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-12}
 
 
