@@ -12,5 +12,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras="chainer,progress"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then extras="$extras,cuda12"; fi
-.venv/bin/python -m pip install -q -e ".[$extras]" 'numpy<2'
+# Install once: again only when the packaging (setup.cfg, pyproject.toml, the build
+# constraints) or the extras change, or cupy_abn no longer imports.  The stamp holds a hash
+# of all of them.
+spec=(-e ".[$extras]" 'numpy<2')
+stamp=.venv/.cupy-abn-demo-install
+want=$({ cat setup.cfg pyproject.toml .ci/build-constraints.txt 2>/dev/null; echo "${spec[*]}"; } \
+       | .venv/bin/python -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c 'import cupy_abn' 2>/dev/null; then
+  .venv/bin/python -m pip install -q "${spec[@]}"
+  echo "$want" > "$stamp"
+fi
 exec .venv/bin/python -m cupy_abn.demo --out demo_out "$@"   # a later --out wins
