@@ -1,4 +1,4 @@
-"""Activations as data: one table row per activation (SPEC.md, "Activations").
+"""Activations as data: one table row per activation (docs/math.md, "Activations").
 
 Each row gives the NumPy forms of phi, phi_inv and phi' written in terms of the output z, and
 the integer the kernels receive as ``-DACT=``.  The kernels hold the same three functions in

@@ -1,4 +1,5 @@
-"""InPlace-ABN with statistics synchronized across processes (SPEC.md, "Several processes").
+"""InPlace-ABN with statistics synchronized across processes (docs/math.md, "Several
+processes").
 
 Each rank runs :func:`cupy_abn.abn_forward` / :func:`cupy_abn.abn_backward` on its own slice
 of the global batch; the hooks built here exchange the per-channel partials between the

@@ -1,4 +1,4 @@
-"""An independent float64 InPlace-ABN, written from SPEC.md for the tests only.
+"""An independent float64 InPlace-ABN, written from docs/math.md for the tests only.
 
 It never calls the library: statistics with ``np.mean``/``np.var``, the textbook BatchNorm
 gradient in terms of ``xhat``, and its own activation formulas.  Every backend is compared with

@@ -1,7 +1,7 @@
 """The default in-place backward (INPLACE-ABN II) stays accurate when |gamma| is small.
 
-With u = y - beta reduced per element (SPEC.md, stable form), dL/dg = sum dy*u / g needs no
-difference of two large sums, so its float32 error is no worse than INPLACE-ABN I's (which
+With u = y - beta reduced per element (docs/math.md, "Backward", stable form),
+dL/dg = sum dy*u / g needs no difference of two large sums, so its float32 error is no worse than INPLACE-ABN I's (which
 forms xhat per element with a division).  The old form, (sum dy*y - beta * sum dy) / g,
 cancelled: 8.7e-2 relative dgamma error at gamma = 2e-6 against 1.1e-2 for mode I.
 Checked on the NumPy backend and on the kernels (PoCL), against an independent float64

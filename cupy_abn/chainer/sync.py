@@ -1,5 +1,5 @@
 """InPlaceABNSync: InPlace-ABN whose batch statistics are those of all ranks of a ChainerMN
-communicator (SPEC.md, "Several processes"; the exchange is in :mod:`cupy_abn.sync`).
+communicator (docs/math.md, "Several processes"; the exchange is in :mod:`cupy_abn.sync`).
 
 In place like the other in-place modes: in training the output is written into the input's array.
 Evaluation exchanges nothing.  Gradient convention, as ChainerMN's
