@@ -6,11 +6,13 @@ They keep the names and meaning of ``L.BatchNormalization`` (``gamma``, ``beta``
 statistics; ``finetune`` accumulates population statistics), so checkpoints and optimizer
 settings carry over.  In ``InPlaceABN`` the scale applied is ``|gamma| + eps``;
 :meth:`InPlaceABN.from_batch_normalization` converts a trained ``L.BatchNormalization``.
+``set_activation`` swaps a layer's activation after construction (e.g. to evaluate a network
+with another activation than the one it was trained with), in every mode.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import chainer
 import numpy as np
@@ -19,11 +21,52 @@ from chainer.utils import argument, type_check
 
 from .. import _geometry as geometry
 from .. import _validation
-from . import functions
+from .._activations import ACTIVATIONS
+from . import _graph, functions
 
 
 _TEST_ARG = ("test argument is not supported anymore (Chainer v2 and later); use "
              "chainer.using_config('train', False)")
+
+
+class NonInvertibleActivationError(RuntimeError):
+    """A backward through an in-place layer whose activation (set by ``set_activation``) is
+    not invertible: its input cannot be rebuilt from its output."""
+
+
+def _invertible(activation: str, param: float) -> bool:
+    """Whether the in-place modes can run ``activation`` (invertible, parameter > 0)."""
+    act = ACTIVATIONS[activation]
+    return act.invertible and (act.param_name is None or param > 0)
+
+
+class _SwappedActivation(chainer.FunctionNode):
+    """``y -> phi(y)`` written into y's array: the non-invertible activation of an in-place
+    layer, applied after the layer computed ``y`` in place with the identity.
+
+    Forward only: its backward raises :class:`NonInvertibleActivationError` before any
+    gradient is computed or accumulated (it runs before the layer's own backward).
+    """
+
+    def __init__(self, activation: str, param: float, layer: str):
+        self.activation, self.param, self.layer = activation, param, layer
+
+    def forward(self, inputs):
+        y, = inputs
+        if self.activation == "relu":
+            xp = chainer.backend.get_array_module(y)
+            xp.maximum(y, 0, out=y)
+        else:   # leaky_relu / elu with a parameter <= 0
+            y[...] = ACTIVATIONS[self.activation].forward(y, self.param)
+        return y,
+
+    def backward(self, indexes, grad_outputs):
+        raise NonInvertibleActivationError(
+            f"{self.layer} has the non-invertible activation {self.activation!r} "
+            f"(activation_param={self.param}), set by set_activation: an in-place layer cannot "
+            "rebuild its input from such an output, so it supports forward (evaluation) only; "
+            "call set_activation with an invertible activation (e.g. 'leaky_relu' with a "
+            "slope > 0) before training, or use ABN (mode 'standard')")
 
 
 class _ABNLink(chainer.Link):
@@ -133,9 +176,63 @@ class _ABNLink(chainer.Link):
         if keep_stats and finetune:
             self.N -= 1   # as L.BatchNormalization: the recomputation does not count
         mean, var = (None, None) if keep_stats else (self.avg_mean, self.avg_var)
-        return self._apply(x, self._gamma(), beta, mean, var, training=training, decay=decay,
-                           eps=self.eps, activation=self.activation,
-                           activation_param=self.activation_param)
+        return self._apply_activation(x, self._gamma(), beta, mean, var, training=training,
+                                      decay=decay, eps=self.eps)
+
+    def set_activation(self, activation: str,
+                       activation_param: float = 0.01) -> Tuple[str, float]:
+        """Swap the layer's activation, e.g. to evaluate a network trained with another one.
+
+        Works in every mode.  The standard mode (:class:`ABN`) runs any activation in
+        training and evaluation.  In the in-place modes an invertible activation
+        (``leaky_relu`` with a slope > 0, ``elu`` with alpha > 0, ``identity``) behaves as if
+        the layer had been built with it.  A non-invertible one (``relu``, a slope or alpha
+        <= 0) is accepted for forward passes (evaluation, or statistics in training): the
+        layer computes ``y`` in place with the identity, then writes ``phi(y)`` over it, so
+        the output still shares x's memory.  A backward through it raises
+        :class:`NonInvertibleActivationError` before any gradient is computed or
+        accumulated.  Swapping back restores training.
+
+        Parameters
+        ----------
+        activation : {"leaky_relu", "elu", "identity", "relu"}
+        activation_param : float
+            Slope of leaky_relu or alpha of elu (ignored by relu and identity).
+
+        Returns
+        -------
+        tuple of (str, float)
+            The previous ``(activation, activation_param)``, to swap back with
+            ``layer.set_activation(*previous)``.
+
+        Raises
+        ------
+        ValueError, TypeError
+            For an unknown activation or a parameter that is not a finite number; the layer
+            is left unchanged.
+
+        Examples
+        --------
+        >>> previous = layer.set_activation("relu")   # doctest: +SKIP
+        >>> with chainer.using_config("train", False):   # doctest: +SKIP
+        ...     y = layer(x)
+        >>> layer.set_activation(*previous)   # doctest: +SKIP
+        """
+        _validation.check_activation(activation, activation_param, "standard")
+        previous = (self.activation, self.activation_param)
+        self.activation, self.activation_param = activation, activation_param
+        return previous
+
+    def _apply_activation(self, x, gamma, beta, mean, var, **kw) -> chainer.Variable:
+        act, param = self.activation, self.activation_param
+        if self.mode == "standard" or _invertible(act, param):
+            return self._apply(x, gamma, beta, mean, var, activation=act,
+                               activation_param=param, **kw)
+        # A swapped non-invertible activation: y in place, then phi(y) over it (forward only).
+        y = self._apply(x, gamma, beta, mean, var, activation="identity",
+                        activation_param=param, **kw)
+        layer = _graph.layer_name(type(self).__name__, self.name)
+        return _SwappedActivation(act, param, layer).apply((y,))[0]
 
     def _apply(self, x, gamma, beta, mean, var, **kw) -> chainer.Variable:
         if self.mode == "standard":
@@ -180,7 +277,8 @@ class InPlaceABN(_ABNLink):
 
     The training graph keeps one buffer per layer (the output) instead of the input and the
     output.  Parameters as :class:`ABN`; the activation must be invertible (leaky_relu with a
-    slope > 0, elu, identity) and the scale applied is ``|gamma| + eps``.  ``mode`` is
+    slope > 0, elu, identity) and the scale applied is ``|gamma| + eps``.  ``set_activation``
+    may later swap in a non-invertible one (relu) for forward passes only.  ``mode`` is
     ``"inplace"`` (INPLACE-ABN II, default) or ``"inplace_v1"`` (INPLACE-ABN I).
     """
     _mode = "inplace"
