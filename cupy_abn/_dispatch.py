@@ -9,7 +9,7 @@ import statement and a new backend object.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager, Dict
+from typing import Any, ContextManager, Dict, Optional
 
 from ._numpy_backend import NumpyBackend
 
@@ -18,15 +18,16 @@ _CUPY: Dict[int, Any] = {}            # device id -> KernelBackend on that devic
 _NO_DEVICE = contextlib.nullcontext()  # reusable: entering it does nothing
 
 
-def backend_for(x: Any, family: str):
+def backend_for(x: Any, family: Optional[str]) -> Any:
     """The backend that runs the stages on arrays like ``x``.
 
     Parameters
     ----------
     x : array
         The input (forward) or output (backward) array.
-    family : str
-        ``array_family(x)``: ``"numpy"``, ``"cupy"`` or ``"opencl"``.
+    family : str or None
+        ``array_family(x)``: ``"numpy"``, ``"cupy"`` or ``"opencl"`` (None, an unsupported
+        type, raises ``TypeError``).
 
     Returns
     -------
@@ -44,12 +45,12 @@ def backend_for(x: Any, family: str):
         return be
     if family == "opencl":
         from ._kernel_backend import KernelBackend
-        from ._runtime_opencl import runtime_for
-        return KernelBackend(runtime_for(x))
+        from ._runtime_opencl import runtime_for as opencl_runtime_for
+        return KernelBackend(opencl_runtime_for(x))
     raise TypeError(f"x: no backend for arrays of type {type(x).__name__}")
 
 
-def device_scope(x: Any, family: str) -> ContextManager:
+def device_scope(x: Any, family: Optional[str]) -> ContextManager:
     """The context to run the stages of one API call in.
 
     For CuPy this is the device of ``x`` (``x.device``, a ``cupy.cuda.Device``), entered once

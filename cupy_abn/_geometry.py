@@ -65,8 +65,9 @@ class Layout:
 
     @property
     def inverse_perm(self) -> Tuple[int, ...]:
-        inv = [0] * len(self.perm)
-        for i, p in enumerate(self.perm):
+        perm = self.perm if self.perm is not None else tuple(range(len(self.shape)))
+        inv = [0] * len(perm)
+        for i, p in enumerate(perm):
             inv[p] = i
         return tuple(inv)
 
@@ -86,15 +87,15 @@ def layout(shape: Sequence[int], axis: Any = None) -> Layout:
         axis = reduced_axes(ndim) if ndim >= 2 else (0,)
     elif isinstance(axis, int):
         axis = (axis,)
-    axes = []
+    given = []
     for a in axis:
         if not isinstance(a, int) or not -ndim <= a < ndim:
             raise ValueError(f"axis: expected axes of x (ndim {ndim}) in [-{ndim}, {ndim}), "
                              f"got {axis!r}")
-        axes.append(a % ndim)
-    if len(set(axes)) != len(axes) or not axes:
+        given.append(a % ndim)
+    if len(set(given)) != len(given) or not given:
         raise ValueError(f"axis: expected distinct axes to reduce over, got {axis!r}")
-    axes = tuple(sorted(axes))
+    axes = tuple(sorted(given))
     kept = tuple(i for i in range(ndim) if i not in axes)
     param_shape = tuple(shape[i] for i in kept)
     k = math.prod(param_shape)

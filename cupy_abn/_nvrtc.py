@@ -240,10 +240,10 @@ def load(major: int) -> Nvrtc:
         else:
             _LOADED[major] = None
             _ERRORS[major] = "; ".join(errors[-2:])
-    nv = _LOADED[major]
-    if nv is None:
+    loaded = _LOADED[major]
+    if loaded is None:
         raise OSError(f"NVRTC {major} not found ({_ERRORS[major]})")
-    return nv
+    return loaded
 
 
 def available(majors: Iterable[int] = MAJORS) -> Dict[int, Nvrtc]:

@@ -31,9 +31,10 @@ Evaluation mode exchanges nothing.  Gradients of gamma and beta come back as the
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _geometry as G
 from . import _validation as V
@@ -88,15 +89,15 @@ def merge_local(count, mean, m2):
     return n, mu, m2_total
 
 
-def make_combine_moments(exchange: Exchange, counts: Sequence[int]) -> Callable:
+def make_combine_moments(exchange: Exchange, counts: ArrayLike) -> Callable:
     """The ``combine_moments`` hook: one partial per rank, as ``(C, R)`` partials.
 
     ``counts`` are the per-rank elements per channel (from :func:`exchange_header`).  The
     means are re-expressed relative to the shift of the first non-empty rank, which is the
     shift one process would take for the concatenated batch (its first element).
     """
-    counts = np.asarray(counts, np.int64)
-    first = int(np.flatnonzero(counts)[0]) if counts.any() else 0
+    per_rank = np.asarray(counts, np.int64)
+    first = int(np.flatnonzero(per_rank)[0]) if per_rank.any() else 0
 
     def combine_moments(count, mean, m2, shift):
         xp = _xp(mean)
@@ -106,7 +107,7 @@ def make_combine_moments(exchange: Exchange, counts: Sequence[int]) -> Callable:
         gathered = gathered.reshape(exchange.size, 3, c)
         shifts = gathered[:, 2]
         common = shifts[first]
-        cnt = xp.asarray(counts.astype(mu.dtype))[:, None]          # (R, 1)
+        cnt = xp.asarray(per_rank.astype(mu.dtype))[:, None]        # (R, 1)
         means = xp.where(cnt > 0, gathered[:, 0] + (shifts - common[None, :]), 0)
         count_cr = xp.ascontiguousarray(xp.broadcast_to(cnt, (exchange.size, c)).T)
         return (count_cr, xp.ascontiguousarray(means.T.astype(mu.dtype)),
@@ -174,8 +175,8 @@ def sync_abn_forward(x, gamma, beta, running_mean, running_var, comm: Any, *,
 
     Returns ``(z, saved)`` as :func:`cupy_abn.abn_forward`; ``saved.m`` is the global count.
     """
-    kw = dict(training=training, decay=decay, eps=eps, activation=activation,
-              activation_param=activation_param, mode=mode)
+    kw: Dict[str, Any] = dict(training=training, decay=decay, eps=eps, activation=activation,
+                              activation_param=activation_param, mode=mode)
     if not training:
         return abn_forward(x, gamma, beta, running_mean, running_var, **kw)
     exchange = Exchange(comm)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import chainer
 import numpy as np
@@ -80,7 +80,7 @@ class OverwrittenVariable(chainer.Variable):
 
     @array.setter
     def array(self, d) -> None:   # noqa: D401 - a new array makes the Variable usable again
-        self.__class__ = chainer.Variable
+        cast(Any, self).__class__ = chainer.Variable
         self.array = d
 
     data = array
@@ -99,7 +99,8 @@ def copy_reason(x: Any) -> Optional[str]:
     if _array_refs(x) > _BASELINE_REFS:
         return ("x's array is referenced outside the graph (by another variable, a view of "
                 "it, or the caller)")
-    if getattr(x.array, "base", None) is not None and x.array.flags.c_contiguous:
+    arr: Any = x.array
+    if getattr(arr, "base", None) is not None and arr.flags.c_contiguous:
         return "x's array is a view that may share memory with another variable"
     return None
 
@@ -115,7 +116,7 @@ _BASELINE_REFS = _array_refs(chainer.Variable(np.empty(1)))
 def needs_copy(x: Any, stacklevel: int = 3) -> bool:
     """Whether the in-place node must work on a copy of ``x``; warns where x is protected."""
     reason = copy_reason(x)
-    arr = x.array if isinstance(x, chainer.Variable) else x
+    arr: Any = x.array if isinstance(x, chainer.Variable) else x
     if reason is None:
         return not arr.flags.c_contiguous
     warnings.warn(f"InPlaceABN computes on a copy of x (one extra buffer of shape "
@@ -136,6 +137,6 @@ def invalidate(x: Any, layer: str = "an InPlaceABN layer") -> None:
     its shape/dtype metadata, so backward through the graph is unaffected.
     """
     if isinstance(x, chainer.Variable):
-        arr = x.array
+        arr: Any = x.array
         x._data[0] = OverwrittenArray(arr.shape, arr.dtype, layer)
         x.__class__ = OverwrittenVariable

@@ -14,16 +14,14 @@ import numpy as np
 
 def apply() -> bool:
     """Restore ``numpy.sctypes`` if NumPy lacks it; return whether anything was changed."""
-    try:
-        np.sctypes
+    if hasattr(np, "sctypes"):
         return False
-    except AttributeError:
-        pass
-    np.sctypes = {
+    # setattr: NumPy 2's type stubs (rightly) have no such attribute
+    setattr(np, "sctypes", {
         "int": [np.int8, np.int16, np.int32, np.int64],
         "uint": [np.uint8, np.uint16, np.uint32, np.uint64],
         "float": [np.float16, np.float32, np.float64, np.longdouble],
         "complex": [np.complex64, np.complex128, np.clongdouble],
         "others": [bool, object, bytes, str, np.void],
-    }
+    })
     return True

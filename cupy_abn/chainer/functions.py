@@ -13,7 +13,7 @@ output, which no longer determines the graph of x.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import chainer
 import chainer.functions as F
@@ -67,8 +67,9 @@ class ABNFunction(chainer.FunctionNode):
                  activation_param: float = 0.01, mode: str = "inplace",
                  copy_input: bool = False, comm: Any = None, axis: Any = None):
         self.running_mean, self.running_var = running_mean, running_var
-        self.kw = dict(training=training, decay=decay, eps=eps, activation=activation,
-                       activation_param=activation_param, mode=mode)
+        self.kw: Dict[str, Any] = dict(
+            training=training, decay=decay, eps=eps, activation=activation,
+            activation_param=activation_param, mode=mode)
         self.axis = (axis,) if isinstance(axis, int) else axis   # Chainer's axis
         self.copy_input = copy_input
         self.comm = comm
