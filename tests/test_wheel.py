@@ -60,6 +60,12 @@ def test_wheel_contents(dist):
     assert set(MODULES) <= names, sorted(set(MODULES) - names)
     # nothing of the checkout's tooling leaks into the installed package
     assert not {n for n in names if n.startswith(("tests/", "kernels/", "benchmarks/"))}
+    # NumPy is the only dependency outside the extras
+    meta = zipfile.ZipFile(dist[1]).read(
+        next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [line.split(":", 1)[1].strip() for line in meta.splitlines()
+                if line.startswith("Requires-Dist:")]
+    assert [r for r in requires if "extra ==" not in r] == ["numpy>=1.22"], requires
 
 
 def test_sdist_contents(dist):
