@@ -1,8 +1,8 @@
 """The public API's type hints pass mypy, with the configuration of setup.cfg's ``[mypy]``.
 
 That configuration names the files (the package, :mod:`cupy_abn.api`, :mod:`cupy_abn.sync`
-and :mod:`cupy_abn.chainer`; mypy follows their imports) and the libraries without type
-information (CuPy, PyOpenCL, mpi4py; Chainer where it is not installed).  The package ships
+and :mod:`cupy_abn.chainer`; mypy follows their imports) and the optional libraries it may
+skip where they are not installed (CuPy, Chainer, PyOpenCL, mpi4py).  The package ships
 ``py.typed`` (tests/test_wheel.py checks that it is in the wheel).
 """
 import os
