@@ -180,8 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     gpu = use_gpu(args.device)
     result = run(args.seeds, args.epochs, args.batch, gpu, not args.no_progress,
                  args.blas_threads)
-    result["command"] = "python -m cupy_abn.experiments.activation_swap " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+    result["command"] = " ".join(["python -m cupy_abn.experiments.activation_swap",
+                                  *(sys.argv[1:] if argv is None else argv)])
     from ._swap_plot import plot
     json_path, png_path = args.out / "activation_swap.json", args.out / "activation_swap.png"
     try:
