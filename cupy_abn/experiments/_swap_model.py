@@ -61,7 +61,7 @@ def build(activation: str, seed: int, settings: Settings, gpu: bool) -> network.
     return net
 
 
-def norm_layers(net: chainer.Link) -> Iterator[abn.ABN]:
+def norm_layers(net: chainer.Link) -> Iterator[chainer.Link]:
     """The normalization+activation layers of ``net``."""
     return (link for link in net.links() if isinstance(link, (abn.ABN, abn.InPlaceABN)))
 
