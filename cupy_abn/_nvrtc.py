@@ -27,6 +27,7 @@ import glob
 import hashlib
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +216,7 @@ class Nvrtc:
 
 _LOADED: Dict[int, Optional[Nvrtc]] = {}
 _ERRORS: Dict[int, str] = {}
+_LOAD_LOCK = threading.Lock()
 
 
 def load(major: int) -> Nvrtc:
@@ -225,6 +227,11 @@ def load(major: int) -> Nvrtc:
     OSError
         When no library of that major version loads.
     """
+    with _LOAD_LOCK:   # threads compiling at once load each library once
+        return _load_locked(major)
+
+
+def _load_locked(major: int) -> Nvrtc:
     if major not in _LOADED:
         errors = []
         for path in _candidates(major):
@@ -312,7 +319,8 @@ def _cache_path(nv: "Nvrtc", src: str, opts: Sequence[str], target: Target):
 def _store(path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        # per process and thread: two threads storing the same variant never share a file
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)   # atomic: parallel workers never read half a file
     except OSError:

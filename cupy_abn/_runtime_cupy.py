@@ -17,6 +17,7 @@ from typing import Any, Dict, Tuple
 import cupy
 
 from . import _kernel_source as K
+from ._errors import KernelCompileError
 
 DEFAULT_OPTIONS = ("--std=c++11",)
 
@@ -103,12 +104,17 @@ class CupyRuntime:
             if fn is None:
                 mkey = (self.device_id, family, defines)
                 mod = _MODULES.get(mkey)
-                if mod is None:
-                    mod = cupy.RawModule(code=K.source(family, "cuda"),
-                                         options=compile_options() + tuple(defines))
-                    _MODULES[mkey] = mod
-                # get_function compiles the module and loads the kernel on this device.
-                fn = self._kernels[key] = mod.get_function(entry)
+                try:
+                    if mod is None:
+                        mod = cupy.RawModule(code=K.source(family, "cuda"),
+                                             options=compile_options() + tuple(defines))
+                    # get_function compiles the module and loads the kernel on this device.
+                    fn = mod.get_function(entry)
+                except Exception as err:  # noqa: BLE001 - NVRTC or load error: name the variant
+                    raise KernelCompileError("CUDA", family, entry, defines,
+                                             f"{type(err).__name__}: {err}") from err
+                _MODULES[mkey] = mod
+                self._kernels[key] = fn
         return fn
 
     def occupancy(self, fn: Any, block: int) -> int:

@@ -3,11 +3,16 @@ through PoCL, or under Oclgrind, so that the launch logic of ``_kernel_backend``
 without a GPU.
 
 The context and queue are those of the array; programs are built once per (context, kernel
-family, source, defines).  A CUDA grid of ``grid`` blocks of ``block`` threads is the global
-size ``grid * block`` with local size ``block``.
+family, source, defines), under a lock, so that threads asking for the same variant at once
+share one build (``COMPILES`` counts the builds).  A failed build raises
+:class:`~cupy_abn._errors.KernelCompileError` naming the variant, and caches nothing.
+Launches take a lock too: an OpenCL kernel object's arguments are set and enqueued in two
+calls, and ``clSetKernelArg`` is not thread-safe on a shared kernel.  A CUDA grid of ``grid``
+blocks of ``block`` threads is the global size ``grid * block`` with local size ``block``.
 """
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Dict, Tuple
 
@@ -16,10 +21,19 @@ import pyopencl as cl
 import pyopencl.array as cla
 
 from . import _kernel_source as K
+from ._errors import KernelCompileError
 
 BUILD_OPTIONS = ("-cl-fp32-correctly-rounded-divide-sqrt",)
 _KERNELS: Dict[Tuple, "cl.Kernel"] = {}
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()          # builds: one per variant, even when threads race for it
+_LAUNCH_LOCK = threading.Lock()   # set the arguments and enqueue as one step
+# (family, defines) -> programs built in this process (tests check that each is built once)
+COMPILES: "collections.Counter[Tuple[str, Tuple[str, ...]]]" = collections.Counter()
+
+
+def build_program(context: "cl.Context", source: str, options) -> "cl.Program":
+    """Build one program (a separate function, so that a test can make it fail)."""
+    return cl.Program(context, source).build(options=list(options))
 
 
 class OpenCLRuntime:
@@ -52,7 +66,11 @@ class OpenCLRuntime:
         (the bytes it spans, read, patched and written back on the same in-order queue)."""
         src = self.ascontiguous(src)
         if dst.flags.c_contiguous:
-            dst[...] = src
+            # A byte copy: pyopencl's own assignment runs an elementwise kernel, which has no
+            # float16 type ("unable to map dtype 'float16'").
+            if dst.nbytes and not (dst.base_data == src.base_data and dst.offset == src.offset):
+                cl.enqueue_copy(self.queue, dst.base_data, src.base_data, byte_count=dst.nbytes,
+                                src_offset=src.offset, dst_offset=dst.offset)
             return
         (raw, start), view = self._host_view(dst)
         view[...] = src.get()
@@ -86,15 +104,22 @@ class OpenCLRuntime:
         with _LOCK:
             kern = _KERNELS.get(key)
             if kern is None:
-                prg = cl.Program(self.context, src).build(options=list(defines + BUILD_OPTIONS))
-                for name in K.FILES[family].entries:
-                    _KERNELS[key[:-1] + (name,)] = cl.Kernel(prg, name)
+                try:
+                    prg = build_program(self.context, src, defines + BUILD_OPTIONS)
+                    kernels = {name: cl.Kernel(prg, name) for name in K.FILES[family].entries}
+                except Exception as err:  # noqa: BLE001 - any build failure: name the variant
+                    raise KernelCompileError("OpenCL", family, entry, defines,
+                                             f"{type(err).__name__}: {err}") from err
+                COMPILES[(family, defines)] += 1
+                for name, k in kernels.items():
+                    _KERNELS[key[:-1] + (name,)] = k
                 kern = _KERNELS[key]
         return kern
 
     def launch(self, fn, grid: int, block: int, args) -> None:
         cl_args = [a.data if isinstance(a, cla.Array) else a for a in args]
-        fn(self.queue, (int(grid) * int(block),), (int(block),), *cl_args)
+        with _LAUNCH_LOCK:
+            fn(self.queue, (int(grid) * int(block),), (int(block),), *cl_args)
 
 
 def runtime_for(x) -> OpenCLRuntime:

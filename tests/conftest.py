@@ -10,6 +10,10 @@ import os
 
 import pytest
 
+from tests import _hypothesis_profile
+
+_hypothesis_profile.register()
+
 _GPU_WORDS = ("GPU", "CUDA")
 
 
@@ -41,3 +45,9 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):
     outcome = yield
     _fail_non_gpu_skip(outcome.get_result())
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The number of hypothesis examples each property test ran (tests/test_properties.py)."""
+    for line in _hypothesis_profile.summary_lines():
+        terminalreporter.write_line(line)
