@@ -9,8 +9,10 @@ What one rank sends per layer and training step (C channels, accumulation dtype 
 or float64 for float64 input; R ranks):
 
 =========  ==========================================  ===========================
-forward    Allgather of a header, int64                4 values: 32 bytes
-           (rejected?, elements per channel, C, A's itemsize)
+forward    Allgather of a header, int64                11 values: 88 bytes
+           (rejected?, elements per channel, C, A's itemsize,
+           x's and gamma's dtypes, mode, activation, and
+           the bits of activation_param, eps, decay)
 forward    Allgather of its (mean, M2, shift)          3*C values of A
 backward   Allreduce-sum of (sum_dy, sum_dy_t)         2*C values of A
 =========  ==========================================  ===========================
@@ -18,8 +20,9 @@ backward   Allreduce-sum of (sum_dy, sum_dy_t)         2*C values of A
 The header is what lets every rank know the global count ``m`` before the forward (for the
 checks and for ``m / max(m - 1, 1)``; a global count of 1 warns as one process does) and the
 per-rank counts for Chan's merge, so batch sizes may differ and a rank may hold no sample at
-all; it also carries C and the dtype, so that ranks
-that disagree raise the same error instead of hanging in a mismatched collective.  The moments
+all; it also carries C, the dtypes, the mode, the activation and the scalars, so that ranks
+that disagree raise the same error on every rank (ValueError naming what differs, with each
+rank's value) instead of hanging in a mismatched collective or silently mixing layers.  The moments
 are gathered, not summed: every rank then merges the same R partials with Chan's formula in
 rank order, so all ranks get bit-identical statistics, as stable as one process's.
 
@@ -47,7 +50,10 @@ __all__ = ["sync_abn_forward", "sync_abn_backward", "make_combine_moments",
            "make_combine_sums", "exchange_header"]
 
 # Columns of the header every rank sends before a synchronized forward.
-_REJECTED, _COUNT, _CHANNELS, _ITEMSIZE = range(4)
+(_REJECTED, _COUNT, _CHANNELS, _ITEMSIZE, _XDTYPE, _PDTYPE, _MODE, _ACTIVATION, _PARAM, _EPS,
+ _DECAY) = range(11)
+_HEADER = 11
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _xp(a):
@@ -129,23 +135,50 @@ def make_combine_sums(exchange: Exchange) -> Callable:
     return _on_host_for_opencl(combine_sums)
 
 
-def exchange_header(exchange: Exchange, x, rejected: Optional[BaseException],
-                    gamma: Any = None) -> np.ndarray:
-    """Allgather (rejected?, count, C, accumulation itemsize of x and gamma) and raise the
-    same error on every rank.
+def _code(value, choices) -> int:
+    """Index of ``value`` in ``choices``, -1 when it is not one of them."""
+    try:
+        return list(choices).index(value)
+    except (ValueError, TypeError):
+        return -1
 
-    Returns the per-rank elements per channel.  A rank whose own input was rejected re-raises
+
+def _bits(value) -> int:
+    """The float64 bit pattern of a number, as an int64 (-1 for what is not a number)."""
+    try:
+        return int(np.array([float(value)], np.float64).view(np.int64)[0])
+    except (TypeError, ValueError):
+        return -1
+
+
+def exchange_header(exchange: Exchange, x, rejected: Optional[BaseException],
+                    gamma: Any = None, *, mode: Optional[str] = None,
+                    activation: Optional[str] = None, activation_param: Any = None,
+                    eps: Any = None, decay: Any = None) -> np.ndarray:
+    """Allgather (rejected?, count, C, accumulation itemsize, x's and gamma's dtypes, mode,
+    activation, activation_param, eps, decay) and raise the same error on every rank.
+
+    Returns the per-rank elements per channel.  Ranks that disagree on C, a dtype, the mode,
+    the activation or a scalar all raise a ValueError naming it and listing every rank's value.  A rank whose own input was rejected re-raises
     its error after the exchange; the others raise a RuntimeError naming it, so that no rank is
     left waiting in a collective that the rejecting rank will never enter.
     """
     shape = tuple(getattr(x, "shape", ()))
     ok_shape = rejected is None and len(shape) >= 2
-    header = np.zeros(4, np.int64)
+    header = np.zeros(_HEADER, np.int64)
     header[_REJECTED] = rejected is not None
     if ok_shape:
         header[_COUNT] = G.count(shape)
         header[_CHANNELS] = G.channels(shape)
         header[_ITEMSIZE] = accum_dtype(x.dtype, getattr(gamma, "dtype", None)).itemsize
+        header[_XDTYPE] = _code(np.dtype(x.dtype), _FLOATS)
+        header[_PDTYPE] = _code(np.dtype(getattr(gamma, "dtype", x.dtype)), _FLOATS)
+    from ._activations import ACTIVATIONS
+    from ._state import MODES
+    header[_MODE] = _code(mode, MODES)
+    header[_ACTIVATION] = _code(activation, ACTIVATIONS)
+    header[_PARAM], header[_EPS], header[_DECAY] = (_bits(v) for v in
+                                                    (activation_param, eps, decay))
     table = exchange.allgather_host(header)
     if rejected is not None:
         raise rejected
@@ -153,11 +186,33 @@ def exchange_header(exchange: Exchange, x, rejected: Optional[BaseException],
     if bad.size:
         raise RuntimeError(f"synchronized forward: rank(s) {bad.tolist()} rejected their input "
                            "(see the error raised there); no statistics were exchanged")
-    for col, what in ((_CHANNELS, "the same number of channels (x.shape[1])"),
-                      (_ITEMSIZE, "the same accumulation dtype (float64 x or parameters on "
-                                  "all ranks or on none)")):
-        V.expect(bool((table[:, col] == table[0, col]).all()), "x", f"{what} on every rank",
-                 f"{table[:, col].tolist()} on ranks 0..{exchange.size - 1}")
+    from ._activations import ACTIVATIONS
+    from ._state import MODES
+    names = {_XDTYPE: [d.name for d in _FLOATS], _PDTYPE: [d.name for d in _FLOATS],
+             _MODE: list(MODES), _ACTIVATION: list(ACTIVATIONS)}
+    floats = (_PARAM, _EPS, _DECAY)
+    for col, arg, what in (
+            (_CHANNELS, "x", "the same number of channels (x.shape[1])"),
+            (_XDTYPE, "x", "the same dtype"),
+            (_PDTYPE, "gamma", "the same dtype"),
+            (_ITEMSIZE, "x", "the same accumulation dtype (float64 x or parameters on all "
+                             "ranks or on none)"),
+            (_MODE, "mode", "the same mode"),
+            (_ACTIVATION, "activation", "the same activation"),
+            (_PARAM, "activation_param", "the same value"),
+            (_EPS, "eps", "the same value"),
+            (_DECAY, "decay", "the same value")):
+        column = table[:, col]
+        if (column == column[0]).all():
+            continue
+        if col in names:
+            values = [names[col][v] if 0 <= v < len(names[col]) else "?" for v in column]
+        elif col in floats:
+            values = column.view(np.float64).tolist()
+        else:
+            values = column.tolist()
+        V.fail(arg, f"{what} on every rank of the synchronized layer",
+               f"{values} on ranks 0..{exchange.size - 1}")
     return table[:, _COUNT]
 
 
@@ -186,7 +241,8 @@ def sync_abn_forward(x, gamma, beta, running_mean, running_var, comm: Any, *,
         V.check_forward(x, gamma, beta, running_mean, running_var, count=2, **kw)
     except Exception as e:  # noqa: BLE001 - re-raised after telling the other ranks
         rejected = e
-    counts = exchange_header(exchange, x, rejected, gamma)
+    counts = exchange_header(exchange, x, rejected, gamma, mode=mode, activation=activation,
+                             activation_param=activation_param, eps=eps, decay=decay)
     return abn_forward(x, gamma, beta, running_mean, running_var, **kw,
                        combine_moments=make_combine_moments(exchange, counts),
                        global_count=int(counts.sum()))

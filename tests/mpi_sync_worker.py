@@ -10,7 +10,10 @@ including ranks with no sample), runs the synchronized forward and backward, and
 for the modes inplace, inplace_v1, standard and float32, float64.  ``--part`` picks what runs:
 ``array`` (cupy_abn.sync on NumPy arrays), ``chainer`` (the InPlaceABNSync link and the
 functional form), ``errors`` (rejections raise on every rank, nothing hangs; evaluation mode
-does not communicate).  A Python exception on any rank aborts the whole job, so that a
+does not communicate), ``mismatch`` (ranks that disagree on C, a dtype, the mode, the
+activation or a scalar all raise a ValueError naming it; the next call works), ``empty`` (a
+rank with an empty batch at every step, and a global batch of one value per channel, over
+several steps, on NumPy and on the kernels on PoCL, equal one process).  A Python exception on any rank aborts the whole job, so that a
 failure can never leave the other ranks waiting.
 """
 from __future__ import annotations
@@ -283,9 +286,115 @@ def part_errors(f, comm):
     f.check(counting.calls == 3, f"training: {counting.calls} collectives, expected 3")
 
 
+def part_mismatch(f, comm):
+    """Ranks that disagree: the last rank differs in one thing; every rank raises a ValueError
+    that names the argument and lists each rank's value; no rank hangs."""
+    last = RANK == SIZE - 1
+    x, gamma, beta, rm, rv, dz = global_case((2,) * SIZE, np.float32, "inplace")
+    sl = slice(2 * RANK, 2 * RANK + 2)
+    base = dict(mode="inplace", activation="leaky_relu", activation_param=0.1, eps=2e-5,
+                decay=0.9)
+    cases = [
+        ("channels", "x", dict(x=np.concatenate([x[sl], x[sl, :1]], axis=1),
+                               gamma=np.concatenate([gamma, gamma[:1]]),
+                               beta=np.concatenate([beta, beta[:1]]), rm=None, rv=None)),
+        # float16 and float32 x both accumulate in float32: only the dtype column differs
+        ("x dtype", "x", dict(x=x[sl].astype(np.float16))),
+        ("gamma dtype", "gamma", dict(x=x[sl].astype(np.float64), gamma=gamma.astype(np.float64),
+                                      beta=beta.astype(np.float64), rm=rm.astype(np.float64),
+                                      rv=rv.astype(np.float64), other_x=np.float64)),
+        ("mode", "mode", dict(kw=dict(mode="inplace_v1"))),
+        ("mode standard", "mode", dict(kw=dict(mode="standard"))),
+        ("activation", "activation", dict(kw=dict(activation="elu", activation_param=1.0))),
+        ("activation_param", "activation_param", dict(kw=dict(activation_param=0.2))),
+        ("eps", "eps", dict(kw=dict(eps=1e-3))),
+        ("decay", "decay", dict(kw=dict(decay=0.5))),
+    ]
+    for name, arg, change in cases:
+        xl = x[sl].astype(change.get("other_x", np.float32))
+        args = dict(x=xl, gamma=gamma, beta=beta, rm=rm.copy(), rv=rv.copy())
+        if "other_x" in change:   # gamma dtype: float64 x everywhere, parameters differ
+            args["gamma"], args["beta"] = gamma.astype(np.float32), beta.astype(np.float32)
+        kw = dict(base)
+        if last:
+            args.update({k: v for k, v in change.items() if k not in ("kw", "other_x")})
+            kw.update(change.get("kw", {}))
+        rm_before = None if args["rm"] is None else args["rm"].copy()
+        try:
+            sync_abn_forward(args["x"], args["gamma"], args["beta"], args["rm"], args["rv"],
+                             comm, **kw)
+            f.check(False, f"mismatch {name}: no error")
+        except ValueError as e:
+            msg = str(e)
+            f.check(msg.startswith(f"{arg}:") and f"ranks 0..{SIZE - 1}" in msg,
+                    f"mismatch {name}: unexpected message {msg!r}")
+        except Exception as e:  # noqa: BLE001 - any other type is a failure
+            f.check(False, f"mismatch {name}: {e!r}")
+        if rm_before is not None:
+            f.check(np.array_equal(args["rm"], rm_before),
+                    f"mismatch {name}: running_mean written")
+    # The communicator is still usable: a call on which all ranks agree matches one process.
+    want = one_process(x, gamma, beta, rm, rv, dz, **base)
+    rml, rvl = rm.copy(), rv.copy()
+    z, saved = sync_abn_forward(x[sl].copy(), gamma, beta, rml, rvl, comm, **base)
+    z = z.copy()
+    dx, dg, db = sync_abn_backward(saved, dz[sl].copy(), comm)
+    compare(f, dict(z=z, dx=dx, dg=dg, db=db, rm=rml, rv=rvl), want, sl, np.float32,
+            "after the mismatches")
+
+
+def part_empty(f, comm):
+    """The last rank holds no sample at any of several steps (the running statistics
+    accumulate over them); then a global batch of one value per channel (rank 0 holds it).
+    NumPy and the kernels on PoCL, against one process on the concatenated batch."""
+    import warnings
+    backends = [("numpy", lambda a: a.copy(), lambda a: a)]
+    try:
+        import pyopencl as cl
+        import pyopencl.array as cla
+        devs = [d for p in cl.get_platforms() if "Portable" in p.name for d in p.get_devices()]
+        if devs:
+            queue = cl.CommandQueue(cl.Context(devs[:1]))
+            backends.append(("opencl", lambda a: cla.to_device(queue, np.ascontiguousarray(a)),
+                             lambda a: a.get()))
+    except ImportError:
+        pass
+    steps = [(3,) * (SIZE - 1) + (0,), (1,) + (2,) * (SIZE - 2) + (0,),
+             (4,) * (SIZE - 1) + (0,)]
+    for label, dev, host in backends:
+        for dtype in (np.float32, np.float64):
+            for mode, act, p in MODES:
+                kw = dict(mode=mode, activation=act, activation_param=p)
+                _, gamma, beta, rm, rv, _ = global_case((9,), dtype, mode)
+                rm1, rv1 = rm.copy(), rv.copy()          # one process, over the steps
+                rml, rvl = dev(rm), dev(rv)              # this rank, over the steps
+                for step, split in enumerate(steps + [(1,) + (0,) * (SIZE - 1)]):
+                    x, _, _, _, _, dz = global_case(split, dtype, f"{mode}-{step}")
+                    name = f"{label} {np.dtype(dtype).name} {mode} step {step} split {split}"
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        want = one_process(x, gamma, beta, rm1, rv1, dz, **kw)
+                        rm1, rv1 = want["rm"], want["rv"]
+                        one_warned = any("one value" in str(w.message) for w in caught)
+                    sl = my_slice(split)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        xl = dev(x[sl])
+                        z, saved = sync_abn_forward(xl, dev(gamma), dev(beta), rml, rvl, comm,
+                                                    **kw)
+                    warned = any("one value" in str(w.message) for w in caught)
+                    f.check(warned == one_warned, f"{name}: warning {warned} != {one_warned}")
+                    z = host(z).copy()
+                    dx, dg, db = sync_abn_backward(saved, dev(dz[sl]), comm)
+                    got = dict(z=z, dx=host(dx), dg=host(dg), db=host(db), rm=host(rml),
+                               rv=host(rvl))
+                    compare(f, got, want, sl, dtype, name)
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=["array", "opencl", "chainer", "errors"], required=True)
+    parser.add_argument("--part", choices=["array", "opencl", "chainer", "errors", "mismatch",
+                                           "empty"], required=True)
     parser.add_argument("--comm", choices=["mpi4py", "chainermn"], default="chainermn")
     args = parser.parse_args()
     if args.comm == "chainermn":
@@ -296,7 +405,7 @@ def main():
         comm = WORLD
     f = Failures()
     {"array": part_array, "opencl": part_opencl, "chainer": part_chainer,
-     "errors": part_errors}[args.part](f, comm)
+     "errors": part_errors, "mismatch": part_mismatch, "empty": part_empty}[args.part](f, comm)
     all_items = WORLD.allgather(f.items)
     if RANK == 0:
         flat = [i for items in all_items for i in items]

@@ -90,3 +90,19 @@ def test_kernel_backend_on_pocl_matches_one_process(ranks):
     """The kernel backend (GPU code, here on PoCL) merges the gathered (C, R) partials."""
     pytest.importorskip("pyopencl")
     _run(ranks, "opencl")
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ranks_that_disagree_all_raise(ranks):
+    """C, x's dtype, gamma's dtype, mode, activation, activation_param, eps or decay differing
+    on one rank: a ValueError naming it on every rank (the header exchanged before the
+    statistics), no hang, and the next agreeing call is right."""
+    _run(ranks, "mismatch", comm="mpi4py")
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_empty_rank_every_step_and_global_one_value(ranks):
+    """A rank without samples at every step, and a global batch of one value per channel,
+    behave as one process (NumPy and the kernels on PoCL)."""
+    pytest.importorskip("pyopencl")
+    _run(ranks, "empty", comm="mpi4py")
