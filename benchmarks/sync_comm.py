@@ -8,7 +8,7 @@ MPI: bytes sent (the send buffer) and bytes received (the receive buffer) per ra
 number of collectives (each one is a latency).  The analytic counts, for R ranks, C channels
 and a 4-byte accumulation dtype (float32 input):
 
-    InPlaceABNSync   forward   Allgather header 4 x int64       send 32       recv 32 R
+    InPlaceABNSync   forward   Allgather header 11 x int64      send 88       recv 88 R
                                Allgather (mean, M2, shift)      send 12 C     recv 12 C R
                      backward  Allreduce (sum_dy, sum_dy_t)     send 8 C      recv 8 C
     MultiNodeBN      forward   Allreduce (mean, E[x^2])         send 8 C      recv 8 C
@@ -123,8 +123,8 @@ def worker():
     for c in WIDTHS:
         fwd, bwd = _step_abn_sync(comm, counting, c, rng)
         rows.append(dict(layer="cupy_abn.sync (array API)", C=c, forward=fwd, backward=bwd,
-                         analytic=dict(forward_sent=32 + 12 * c,
-                                       forward_received=RANKS * (32 + 12 * c),
+                         analytic=dict(forward_sent=88 + 12 * c,
+                                       forward_received=RANKS * (88 + 12 * c),
                                        backward_sent=8 * c, backward_received=8 * c)))
         link = InPlaceABNSync(c, comm)
         counting.take()
