@@ -9,6 +9,10 @@ coefficients) -> ``grad_input``: 2 launches.  A synchronized layer exchanges the
 partials between the reduction and its finish, so there the finish is a launch of its own
 (``channel_train`` / ``channel_backward``, one thread per channel).
 
+Channels-last x (S == 1: x viewed as (M, C, 1), e.g. NHWC reduced over ``axis=(0, 1, 2)``,
+or 2-D x) takes the ``*_last`` kernels (kernels/channel_tile.cuh): a warp reads consecutive
+packs along C, so every access is coalesced, and each thread keeps one pack column.
+
 The streaming kernels move 16-byte packs (``VEC`` elements) when every streamed array starts
 on a 16-byte boundary and a row (the spatial size S) is a whole number of packs; otherwise
 single elements (the scalar path: odd S such as 7x7, offset views).  Reductions size their grid
@@ -46,23 +50,45 @@ RES_MAX_BLOCK = 1024       # kernels/channel_resident.cu: its largest block
 RESIDENT = True            # channels that fit one block take the one-launch path
 
 
-def unroll(stage: str, vec: int, t: int = 0, idx64: bool = False) -> int:
+def unroll(stage: str, vec: int, t: int = 0, idx64: bool = False, last: bool = False) -> int:
     """Packs in flight per thread and streamed tensor in the hot loops (UNROLL in
     kernels/channel_moments.cu, normalize_activate.cu and grad_terms.cuh): 4 packs (8 single
     elements) in the forward; 2 (4) per tensor in the backward, 1 where they would not fit in
-    64 registers (three tensors of 8-wide packs; 64-bit indices with wider loads)."""
+    64 registers (three tensors of 8-wide packs; 64-bit indices with wider loads).
+
+    The channels-last kernels (``last``) hold per-channel constants for a whole pack, so
+    fewer: 2 packs of 8 in ``normalize_activate_last``, and the backward's limit is 8 values
+    per tensor instead of 16 (``grad_sums_last.cu``, ``grad_input_last.cu``)."""
     if stage == "forward":
         return 8 if vec == 1 else 4
+    if stage == "normalize":
+        return 8 if vec == 1 else (2 if last and vec == 8 else 4)
     if vec == 1:
         return 4
     streams = 3 if t == T_XHAT_FROM_X else 2
-    return 1 if vec * streams * (1 + bool(idx64)) > 16 else 2
+    return 1 if vec * streams * (1 + bool(idx64)) > (8 if last else 16) else 2
+
+
+def channels_last(shape) -> bool:
+    """x viewed as (N, C, S) has S == 1: C is the fastest axis (channels-last x reduced over
+    every other axis, or 2-D x), for the ``*_last`` kernels."""
+    return G.ncs(shape)[2] == 1
+
+
+def tile_width(packs: int) -> int:
+    """Threads of a channels-last tile along a row: a power of two covering the row's packs,
+    at most a warp (kernels/channel_tile.cuh)."""
+    t = 1
+    while t < min(packs, 32):
+        t *= 2
+    return t
 
 
 @dataclass(frozen=True)
 class ReductionPlan:
-    """Grid of a reduction: ``channels * parts`` blocks of ``block`` threads."""
-    parts: int   # B: blocks (partials) per channel
+    """Grid of a reduction: ``channels * parts`` blocks of ``block`` threads (channels-last:
+    ``tiles * parts``)."""
+    parts: int   # B: blocks (partials) per channel or tile
     block: int   # threads per block, a power of two
 
 
@@ -165,18 +191,32 @@ class KernelBackend:
         """16-byte packs when rows are whole packs, every streamed array is aligned, and the
         accumulators of a pack fit (``K.vector_fits``: float64 accumulation of float16/32
         data takes the scalar path)."""
-        _, _, s = G.ncs(shape)
+        _, c, s = G.ncs(shape)
         store = arrays[0].dtype
         vec = K.vec_width(store, True)
-        return (s % vec == 0 and (acc is None or K.vector_fits(store, acc))
+        return ((c if s == 1 else s) % vec == 0 and (acc is None or K.vector_fits(store, acc))
                 and all(self.rt.aligned(a, K.PACK_BYTES) for a in arrays if a is not None))
 
     def _geometry(self, shape, dtype, vector):
-        """(channels, row length in packs, packs per channel, index type, idx64)."""
+        """(channels, row length in packs, packs per channel, index type, idx64).
+        Channels-last: a row is one of the M rows of C values, and a channel has M packs'
+        worth (one element of each row, VEC channels per pack)."""
         n, c, s = G.ncs(shape)
-        row_len = s // K.vec_width(dtype, vector)
         idx64 = n * c * s >= K.IDX64_FROM
-        return c, row_len, n * row_len, (np.uint64 if idx64 else np.uint32), idx64
+        it = np.uint64 if idx64 else np.uint32
+        if s == 1:
+            return c, c // K.vec_width(dtype, vector), n, it, idx64
+        row_len = s // K.vec_width(dtype, vector)
+        return c, row_len, n * row_len, it, idx64
+
+    def _tile_rows(self, rows: int, packs: int, unroll: int):
+        """(tile_x, tiles, parts, block) of a channels-last elementwise launch: full blocks,
+        each thread one unrolled iteration of rows."""
+        tile_x = tile_width(packs)
+        tiles = -(-packs // tile_x)
+        block = min(MAX_BLOCK, self.rt.max_block)
+        parts = max(1, min(-(-rows // (block // tile_x * unroll)), MAX_ROW_GRID // tiles))
+        return tile_x, tiles, parts, block
 
     def reduction(self, fn, m_packs: int, channels: int, unroll: int) -> ReductionPlan:
         """Block and blocks per channel of a reduction: the largest block whose grid fills
@@ -196,12 +236,17 @@ class KernelBackend:
 
     def plan(self, shape, dtype=np.float32) -> ReductionPlan:
         """The reduction grid of a training forward on an aligned ``shape`` of ``dtype``."""
-        _, _, s = G.ncs(shape)
-        vector = s % K.vec_width(dtype, True) == 0
-        c, _, m, _, idx64 = self._geometry(shape, dtype, vector)
-        fn = self._fn("channel_moments", store=dtype, param=accum_dtype(dtype), idx64=idx64,
-                      vector=vector)
-        return self.reduction(fn, m, c, unroll("forward", K.vec_width(dtype, vector)))
+        _, c, s = G.ncs(shape)
+        vector = (c if s == 1 else s) % K.vec_width(dtype, True) == 0
+        c, row_len, m, _, idx64 = self._geometry(shape, dtype, vector)
+        last = s == 1
+        fn = self._fn("channel_moments_last" if last else "channel_moments", store=dtype,
+                      param=accum_dtype(dtype), idx64=idx64, vector=vector)
+        u = unroll("forward", K.vec_width(dtype, vector))
+        if last:
+            tile_x = tile_width(row_len)
+            return self.reduction(fn, m * tile_x, -(-row_len // tile_x), u)
+        return self.reduction(fn, m, c, u)
 
     def _per_channel(self, channels):
         block = min(MAX_BLOCK, self.rt.max_block)
@@ -209,9 +254,10 @@ class KernelBackend:
             block //= 2
         return -(-channels // block), block
 
-    def _resident(self, m_packs, dtype, vector, idx64, acc) -> int:
-        """The block of the channel-resident kernels for this channel, or 0 (two passes)."""
-        if not RESIDENT or idx64 or not K.resident_fits(dtype, acc, vector):
+    def _resident(self, m_packs, dtype, vector, idx64, acc, last=False) -> int:
+        """The block of the channel-resident kernels for this channel, or 0 (two passes;
+        always for channels-last x)."""
+        if not RESIDENT or last or idx64 or not K.resident_fits(dtype, acc, vector):
             return 0
         return resident_block(m_packs, K.vec_width(dtype, vector), self.rt.max_block,
                               np.dtype(acc) == np.float64)
@@ -225,10 +271,9 @@ class KernelBackend:
         synchronized layer."""
         x = self.rt.ascontiguous(x)
         acc = np.dtype(acc)
-        fn, plan, args = self._moments(x, acc, acc)   # parameters never read: any dtype
-        self.rt.launch(fn, G.channels(x.shape) * plan.parts, plan.block,
-                       args + self._no_finish(acc, args[5]))
-        return args[5:9]
+        fn, grid, plan, args, outs = self._moments(x, acc, acc)   # parameters never read
+        self.rt.launch(fn, grid, plan.block, args + outs + self._no_finish(acc, outs[0]))
+        return outs
 
     def normalize_train(self, x, out, gamma, beta, running_mean, running_var, *, eps, decay,
                         abs_gamma, activation, param, acc):
@@ -246,7 +291,7 @@ class KernelBackend:
                   acc.type(1 - decay), np.int32(abs_gamma))
         vector = self.vector_path(x.shape, x, out, acc=acc)
         _, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
-        block = self._resident(m, x.dtype, vector, idx64, acc)
+        block = self._resident(m, x.dtype, vector, idx64, acc, channels_last(x.shape))
         if block:
             fn = self._fn("channel_resident", "normalize_train_resident", store=x.dtype,
                           param=gamma.dtype, act=ACTIVATIONS[activation].code, t=0,
@@ -254,24 +299,38 @@ class KernelBackend:
             self.rt.launch(fn, c, block, (x, out, np.uint32(c), it(row_len), it(m)) + finish
                            + (acc.type(param), stats))
             return stats
-        fn, plan, args = self._moments(x, gamma.dtype, acc)
-        arrivals = self.rt.zeros((c,), np.uint32) if plan.parts > 1 else args[5]
-        self.rt.launch(fn, c * plan.parts, plan.block,
-                       args + (arrivals, np.int32(1)) + finish + (stats,))
+        fn, grid, plan, args, outs = self._moments(x, gamma.dtype, acc)
+        groups = grid // plan.parts   # channels, or channels-last tiles
+        arrivals = self.rt.zeros((groups,), np.uint32) if plan.parts > 1 else outs[0]
+        self.rt.launch(fn, grid, plan.block,
+                       args + outs + (arrivals, np.int32(1)) + finish + (stats,))
         self.normalize_activate(x, out, stats, activation, param)
         return stats
 
     def _moments(self, x, param_dtype, acc):
+        """(fn, grid, plan, leading arguments, outputs (count, mean, M2, shift)) of the
+        statistics launch."""
         vector = self.vector_path(x.shape, x, acc=acc)
         c, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
-        fn = self._fn("channel_moments", store=x.dtype, param=param_dtype, idx64=idx64,
-                      vector=vector, acc=acc)
-        plan = self.reduction(fn, m, c, unroll("forward", K.vec_width(x.dtype, vector)))
-        count, mean, m2 = (self.rt.empty((c, plan.parts), acc) for _ in range(3))
-        shift = self.rt.empty((c,), acc)
-        args = (x, np.uint32(c), it(row_len), it(m), np.uint32(plan.parts), count, mean, m2,
-                shift)
-        return fn, plan, args
+        u = unroll("forward", K.vec_width(x.dtype, vector))
+        if channels_last(x.shape):
+            fn = self._fn("channel_moments_last", store=x.dtype, param=param_dtype,
+                          idx64=idx64, vector=vector, acc=acc)
+            tile_x = tile_width(row_len)
+            tiles = -(-row_len // tile_x)
+            plan = self.reduction(fn, m * tile_x, tiles, u)
+            grid = tiles * plan.parts
+            args = (x, np.uint32(c), np.uint32(row_len), it(m), np.uint32(tile_x),
+                    np.uint32(plan.parts))
+        else:
+            fn = self._fn("channel_moments", store=x.dtype, param=param_dtype, idx64=idx64,
+                          vector=vector, acc=acc)
+            plan = self.reduction(fn, m, c, u)
+            grid = c * plan.parts
+            args = (x, np.uint32(c), it(row_len), it(m), np.uint32(plan.parts))
+        outs = tuple(self.rt.empty((c, plan.parts), acc) for _ in range(3)) + (
+            self.rt.empty((c,), acc),)
+        return fn, grid, plan, args, outs
 
     @staticmethod
     def _no_finish(acc, dummy):
@@ -328,7 +387,18 @@ class KernelBackend:
 
     def _normalize(self, x, out, stats, activation, param, param_dtype, tail):
         vector = self.vector_path(x.shape, x, out, acc=stats.dtype)
-        c, row_len, _, it, idx64 = self._geometry(x.shape, x.dtype, vector)
+        c, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
+        if channels_last(x.shape):
+            tile_x, tiles, parts, block = self._tile_rows(
+                m, row_len, unroll("normalize", K.vec_width(x.dtype, vector), last=True))
+            fn = self._fn("normalize_activate_last", store=x.dtype, param=param_dtype,
+                          act=ACTIVATIONS[activation].code, idx64=idx64, vector=vector,
+                          acc=stats.dtype)
+            self.rt.launch(fn, tiles * parts, block,
+                           (x, out, stats, np.uint32(c), np.uint32(row_len), it(m),
+                            np.uint32(tile_x), np.uint32(parts),
+                            np.dtype(stats.dtype).type(param)) + tail)
+            return
         rows = x.shape[0] * c
         plan = row_plan(rows, row_len, unroll("forward", K.vec_width(x.dtype, vector)),
                         self.rt.max_block,
@@ -349,30 +419,40 @@ class KernelBackend:
                                                                          acc=stats.dtype)
 
     def _grad_sums(self, terms, param_dtype):
+        """(fn, grid, plan, arguments up to the outputs, outputs (sum dy, sum dy*t))."""
         z, dz, src, stats, activation, param, t, vector = terms
         acc = np.dtype(stats.dtype)
         c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
-        fn = self._fn("grad_sums", store=z.dtype, param=param_dtype,
-                      act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector,
-                      acc=acc)
-        plan = self.reduction(fn, m, c,
-                              unroll("backward", K.vec_width(z.dtype, vector), t, idx64))
-        sum_dy, sum_dy_t = (self.rt.empty((c, plan.parts), acc) for _ in range(2))
-        args = (z, dz, z if src is None else src, stats, np.uint32(c), it(row_len), it(m),
-                np.uint32(plan.parts), acc.type(param), _reciprocal(acc, param), sum_dy,
-                sum_dy_t)
-        return fn, plan, args
+        last = channels_last(z.shape)
+        fn = self._fn("grad_sums_last" if last else "grad_sums", store=z.dtype,
+                      param=param_dtype, act=ACTIVATIONS[activation].code, t=t, idx64=idx64,
+                      vector=vector, acc=acc)
+        u = unroll("backward", K.vec_width(z.dtype, vector), t, idx64, last)
+        head = (z, dz, z if src is None else src, stats, np.uint32(c))
+        if last:
+            tile_x = tile_width(row_len)
+            tiles = -(-row_len // tile_x)
+            plan = self.reduction(fn, m * tile_x, tiles, u)
+            grid = tiles * plan.parts
+            head += (np.uint32(row_len), it(m), np.uint32(tile_x))
+        else:
+            plan = self.reduction(fn, m, c, u)
+            grid = c * plan.parts
+            head += (it(row_len), it(m))
+        args = head + (np.uint32(plan.parts), acc.type(param), _reciprocal(acc, param))
+        outs = tuple(self.rt.empty((c, plan.parts), acc) for _ in range(2))
+        return fn, grid, plan, args, outs
 
     def grad_sums(self, terms):
         """Per-channel (sum dy, sum dy*t) partials, for a synchronized layer."""
         stats = terms[3]
         acc = np.dtype(stats.dtype)
-        fn, plan, args = self._grad_sums(terms, acc)
-        dummy = args[10]
-        self.rt.launch(fn, int(args[4]) * plan.parts, plan.block,
-                       args + (dummy, np.int32(0), dummy, acc.type(0), np.int32(0),
-                               np.int32(0), dummy, dummy, dummy))
-        return args[10], args[11]
+        fn, grid, plan, args, outs = self._grad_sums(terms, acc)
+        dummy = outs[0]
+        self.rt.launch(fn, grid, plan.block,
+                       args + outs + (dummy, np.int32(0), dummy, acc.type(0), np.int32(0),
+                                      np.int32(0), dummy, dummy, dummy))
+        return outs
 
     def backward_local(self, terms, gamma, dx, *, m, training, abs_gamma):
         """A backward: dx into ``dx``; returns dgamma, dbeta (gamma's dtype).  A channel that
@@ -388,7 +468,7 @@ class KernelBackend:
                   dgamma, dbeta, coef)
         vector = vector and self.rt.aligned(dx, K.PACK_BYTES)
         _, row_len, mp, it, idx64 = self._geometry(z.shape, z.dtype, vector)
-        block = self._resident(mp, z.dtype, vector, idx64, acc)
+        block = self._resident(mp, z.dtype, vector, idx64, acc, channels_last(z.shape))
         if block:
             fn = self._fn("channel_resident", "grad_resident", store=z.dtype, param=gamma.dtype,
                           act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector,
@@ -398,9 +478,10 @@ class KernelBackend:
                             it(mp), acc.type(param), _reciprocal(acc, param)) + finish + (dx,))
             return dgamma, dbeta
         terms = terms[:-1] + (vector,)
-        fn, plan, args = self._grad_sums(terms, gamma.dtype)
-        arrivals = self.rt.zeros((c,), np.uint32) if plan.parts > 1 else args[10]
-        self.rt.launch(fn, c * plan.parts, plan.block, args + (arrivals, np.int32(1)) + finish)
+        fn, grid, plan, args, outs = self._grad_sums(terms, gamma.dtype)
+        groups = grid // plan.parts   # channels, or channels-last tiles
+        arrivals = self.rt.zeros((groups,), np.uint32) if plan.parts > 1 else outs[0]
+        self.rt.launch(fn, grid, plan.block, args + outs + (arrivals, np.int32(1)) + finish)
         self.grad_input(terms, coef, dx)
         return dgamma, dbeta
 
@@ -425,7 +506,17 @@ class KernelBackend:
         if vector and not self.rt.aligned(dx, K.PACK_BYTES):
             vector = False
         acc = np.dtype(stats.dtype)
-        c, row_len, _, it, idx64 = self._geometry(z.shape, z.dtype, vector)
+        c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
+        if channels_last(z.shape):
+            tile_x, tiles, parts, block = self._tile_rows(
+                m, row_len, unroll("backward", K.vec_width(z.dtype, vector), t, idx64, True))
+            fn = self._fn("grad_input_last", store=z.dtype, act=ACTIVATIONS[activation].code,
+                          t=t, idx64=idx64, vector=vector, acc=acc)
+            self.rt.launch(fn, tiles * parts, block,
+                           (z, dz, z if src is None else src, coef, np.uint32(c),
+                            np.uint32(row_len), it(m), np.uint32(tile_x), np.uint32(parts),
+                            acc.type(param), _reciprocal(acc, param), dx))
+            return
         rows = z.shape[0] * c
         plan = row_plan(rows, row_len, unroll("backward", K.vec_width(z.dtype, vector), t, idx64),
                         self.rt.max_block,

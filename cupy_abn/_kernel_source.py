@@ -60,6 +60,21 @@ FILES: Dict[str, KernelFile] = {
     "grad_input": KernelFile("grad_input.cu", ("grad_input",),
                              ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh"),
                              _STREAM + ("act", "t")),
+    # Channels-last x, viewed as (M, C) with the channel fastest (channel_tile.cuh).
+    "channel_moments_last": KernelFile("channel_moments_last.cu", ("channel_moments_last",),
+                                       ("channel_reduce.cuh", "channel_stats.cuh",
+                                        "channel_tile.cuh"), _STREAM + ("param",)),
+    "normalize_activate_last": KernelFile("normalize_activate_last.cu",
+                                          ("normalize_activate_last",),
+                                          ("activation.cuh", "channel_reduce.cuh",
+                                           "channel_tile.cuh"), _STREAM + ("param", "act")),
+    "grad_sums_last": KernelFile("grad_sums_last.cu", ("grad_sums_last",),
+                                 ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh",
+                                  "channel_grads.cuh", "channel_tile.cuh"),
+                                 _STREAM + ("param", "act", "t")),
+    "grad_input_last": KernelFile("grad_input_last.cu", ("grad_input_last",),
+                                  ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh",
+                                   "channel_tile.cuh"), _STREAM + ("act", "t")),
 }
 
 # Families compiled with 32-bit indices only (the backend never asks for IDX64 there).

@@ -26,14 +26,23 @@ DEVICE void grad_terms(acc_t z, acc_t dz, acc_t x, acc_t param, acc_t rparam, ac
 #endif
 }
 
+DEVICE acc_t t_shift_of(GLOBAL const acc_t *stats, unsigned int c, unsigned int channels)
+{
+    return stats[(T_KIND == T_XHAT_FROM_X ? ROW_MEAN : ROW_BETA) * channels + c];
+}
+
+DEVICE acc_t t_scale_of(GLOBAL const acc_t *stats, unsigned int c, unsigned int channels)
+{
+#if T_KIND == T_XHAT_FROM_X
+    return stats[ROW_INVSTD * channels + c];
+#else
+    return (acc_t)1 / stats[ROW_G * channels + c];
+#endif
+}
+
 DEVICE void t_constants(GLOBAL const acc_t *stats, unsigned int c, unsigned int channels,
                         acc_t *t_shift, acc_t *t_scale)
 {
-#if T_KIND == T_XHAT_FROM_X
-    *t_shift = stats[ROW_MEAN * channels + c];
-    *t_scale = stats[ROW_INVSTD * channels + c];
-#else
-    *t_shift = stats[ROW_BETA * channels + c];
-    *t_scale = (acc_t)1 / stats[ROW_G * channels + c];
-#endif
+    *t_shift = t_shift_of(stats, c, channels);
+    *t_scale = t_scale_of(stats, c, channels);
 }

@@ -15,6 +15,7 @@
 /* Loops over packs and lanes are unrolled so that their arrays stay in registers (an
  * array indexed in a loop the compiler keeps would live in local memory). */
 #define UNROLLED _Pragma("unroll")
+#define ROLLED _Pragma("unroll 1")   /* per-channel tails: code size, registers */
 #define LAUNCH_BOUNDS(max_threads, min_blocks) __launch_bounds__(max_threads, min_blocks)
 /* Inter-block hand-off of the reductions (reduce_block.cuh): a block publishes its partial,
  * fences, then counts itself in; the last block to arrive reads every partial. */

@@ -16,6 +16,7 @@
 /* Loops over packs and lanes are unrolled so that their arrays stay in registers (an
  * array indexed in a loop the compiler keeps would live in local memory). */
 #define UNROLLED _Pragma("unroll")
+#define ROLLED
 #define LAUNCH_BOUNDS(max_threads, min_blocks)
 #define FENCE_GLOBAL() mem_fence(CLK_GLOBAL_MEM_FENCE)
 #define ATOMIC_INC(p) atomic_inc(p)

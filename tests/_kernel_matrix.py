@@ -76,6 +76,19 @@ def _matrix():
 
 CASES = _matrix()
 
+# Channels-last x (rows of C values, viewed as (M, C, 1)): the *_last kernels
+# (kernels/channel_tile.cuh).  Tiles of 32 threads along C: C/VEC = 10 packs (one partial
+# tile), 40 (two tiles), a scalar row (C = 37: 2 tiles); enough rows for B > 1 blocks per tile.
+LAST_SHAPES = {"last-f32-packs10": ((640, 40), F32), "last-f16-packs40": ((384, 320), F16),
+               "last-f64-packs35": ((260, 70), F64), "last-f32-scalar37": ((300, 37), F32),
+               "last-f16-rows3": ((3, 24), F16)}
+LAST_CASES = [Case(name, shape, dt, act, mode, tr)
+              for (name, (shape, dt)), act, mode, tr in itertools.product(
+                  LAST_SHAPES.items(), ("leaky_relu",), ("standard", "inplace", "inplace_v1"),
+                  (True, False))] + [
+              Case("last-f32-packs10", (640, 40), F32, act, "standard", True)
+              for act in ("relu", "identity", "elu")]
+
 
 def inputs(case: Case):
     x, gamma, beta, rm, rv, dz = make_inputs(case.shape, case.dtype, case.act, case.mode,
@@ -164,6 +177,10 @@ OCLGRIND_CASES = [
     Case("N1", SHAPES["N1"], F32, "identity", "inplace", False),
     Case("big", (4, 2, 32, 32), F32, "elu", "inplace_v1", True),
     Case("big", (4, 2, 32, 32), F16, "leaky_relu", "standard", True),
+    # Channels-last x (the *_last kernels): two tiles, the second partial, B > 1 blocks per
+    # tile, on the vector path (float64 packs) and the scalar one (C = 37).
+    Case("last", (300, 100), F64, "elu", "inplace", True),
+    Case("last", (192, 37), F32, "leaky_relu", "standard", True),
     # The last-block hand-off of the fused reductions (B > 1 in forward and backward), in
     # float32 (one 32-bit word per partial) and float64 (two): channels too large for the
     # one-block resident kernels, which the smaller cases above take.

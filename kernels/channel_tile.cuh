@@ -1,0 +1,87 @@
+/* Channels-last tensors: x viewed as (M, C) with the channel the fastest axis, P = C / VEC
+ * packs per row.  A block is a tile of tile_x threads along a row's packs (a power of two, at
+ * most 32: a warp reads consecutive packs) by BLOCK_SIZE / tile_x rows; block b of tile t
+ * (BLOCK_ID = t * parts + b) takes rows b * rows + ly, then every parts * rows further rows.
+ * A thread keeps one pack column p, so its VEC channels' constants and sums stay in registers
+ * and no index is divided per element.  Needs: storage.h (idx_t), channel_reduce.cuh. */
+
+typedef struct { idx_t i, di; unsigned int p, ly, b, tile; int active; } tile_walk_t;
+
+/* The walk of this thread: first element pack i (row b * rows + ly, column p) and the step di
+ * between its rows; row r = i / packs is never formed. */
+DEVICE tile_walk_t tile_start(unsigned int packs, unsigned int tile_x, unsigned int parts,
+                              idx_t *first_row, idx_t *row_step)
+{
+    tile_walk_t w;
+    const unsigned int rows = BLOCK_SIZE / tile_x;
+    w.tile = BLOCK_ID / parts;
+    w.b = BLOCK_ID - w.tile * parts;
+    w.ly = THREAD_ID / tile_x;
+    w.p = w.tile * tile_x + (THREAD_ID & (tile_x - 1));
+    w.active = w.p < packs;
+    *first_row = (idx_t)w.b * rows + w.ly;
+    *row_step = (idx_t)parts * rows;
+    w.i = *first_row * packs + w.p;
+    w.di = *row_step * packs;
+    return w;
+}
+
+/* Tree merge of (n, mean, m2) down the tile's rows, in a fixed order: threads of row 0 end
+ * with their column's merge.  The last BARRIER lets a caller reuse the arrays at once. */
+DEVICE void tile_merge_moments(SHARED_PTR acc_t *s_n, SHARED_PTR acc_t *s_mean,
+                               SHARED_PTR acc_t *s_m2, unsigned int tile_x,
+                               acc_t *n, acc_t *mean, acc_t *m2)
+{
+    const unsigned int tid = THREAD_ID;
+    s_n[tid] = *n;
+    s_mean[tid] = *mean;
+    s_m2[tid] = *m2;
+    BARRIER();
+    for (unsigned int half_size = BLOCK_SIZE / 2; half_size >= tile_x; half_size >>= 1) {
+        if (tid < half_size) {
+            chan_merge(n, mean, m2, s_n[tid + half_size], s_mean[tid + half_size],
+                       s_m2[tid + half_size]);
+            s_n[tid] = *n;
+            s_mean[tid] = *mean;
+            s_m2[tid] = *m2;
+        }
+        BARRIER();
+    }
+}
+
+/* Tree sum of (a, b) down the tile's rows, as tile_merge_moments. */
+DEVICE void tile_sum2(SHARED_PTR acc_t *s_a, SHARED_PTR acc_t *s_b, unsigned int tile_x,
+                      acc_t *a, acc_t *b)
+{
+    const unsigned int tid = THREAD_ID;
+    s_a[tid] = *a;
+    s_b[tid] = *b;
+    BARRIER();
+    for (unsigned int half_size = BLOCK_SIZE / 2; half_size >= tile_x; half_size >>= 1) {
+        if (tid < half_size) {
+            *a += s_a[tid + half_size];
+            *b += s_b[tid + half_size];
+            s_a[tid] = *a;
+            s_b[tid] = *b;
+        }
+        BARRIER();
+    }
+}
+
+/* Called by every thread of a block after the row-0 threads published their columns'
+ * partials: true in the one block of the tile that arrives last (then every partial of the
+ * tile's channels may be collected), false everywhere when finish == 0.  `arrivals` (one per
+ * tile) is zeroed by the host.  The barriers are unconditional: OpenCL allows a barrier in a
+ * branch only when every work-item takes it, and PoCL miscompiles one that it cannot prove. */
+DEVICE int tile_arrived_last(GLOBAL unsigned int *arrivals, unsigned int tile,
+                             unsigned int parts, int finish, SHARED_PTR int *s_last)
+{
+    FENCE_GLOBAL();
+    BARRIER();
+    if (THREAD_ID == 0)
+        *s_last = finish && (parts == 1 || ATOMIC_INC(arrivals + tile) == parts - 1);
+    BARRIER();
+    if (!*s_last) return 0;
+    FENCE_GLOBAL();
+    return 1;
+}
