@@ -2,7 +2,8 @@
  * grad_sums.cu) and the separate one (channel_backward.cu, after a synchronized layer summed
  * the partials across processes):
  *   sum_dy, sum_dy_t = the (C, B) partials summed in order b = 0 .. B-1
- *   dL/dg  = sum dy*t, or sum dy*u / g for T_U (docs/math.md, "Backward": INPLACE-ABN II, stable form)
+ *   dL/dg  = sum dy*t, or sum dy*u / g for T_U (docs/math.md, "Backward": INPLACE-ABN II,
+ *            stable form)
  *   dgamma = dL/dg * sign(gamma) in the in-place modes (+1 at zero), dbeta = sum dy
  *   coef (N_COEF, C): dx = (dy - t * A - B) * K with t = (src - T0) * T1 (grad_terms.cuh);
  *        A = B = 0 in evaluation mode.
