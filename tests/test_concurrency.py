@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import tracemalloc
 
@@ -68,10 +69,15 @@ def _hammer(to_device, to_host):
             errors.append((i, repr(e)))
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)   # switch threads often: interleave the calls' steps
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        sys.setswitchinterval(interval)
     assert not any(t.is_alive() for t in threads), "a thread did not finish (deadlock?)"
     assert not errors, errors
     for key, results in want.items():
