@@ -46,7 +46,7 @@ def _fresh(x):
 def test_size_none_infers_channels_like_batch_normalization(name, dtype):
     x = _x((4, 5, 3), np.float16 if dtype == chainer.mixed16 else dtype)
     bn = L.BatchNormalization(axis=(0, 2), dtype=dtype)
-    layer = LINKS[name](dtype=dtype, activation="identity",
+    layer = LINKS[name](dtype=dtype, activation="identity", axis=(0, 2),
                         initial_gamma=1.0 if name == "ABN" else 1.0 - 2e-5)
     assert layer.avg_mean is None and layer.avg_var is None
     assert layer.gamma.array is None and layer.beta.array is None   # not initialized yet
@@ -67,7 +67,8 @@ def test_size_none_infers_channels_like_batch_normalization(name, dtype):
 
 def test_size_none_with_initial_statistics_and_evaluation():
     mean, var = np.array([0.5, -1.0, 2.0], "f"), np.array([2.0, 0.5, 1.5], "f")
-    layer = C.ABN(initial_avg_mean=mean, initial_avg_var=var, activation="identity")
+    layer = C.ABN(initial_avg_mean=mean, initial_avg_var=var, activation="identity",
+                  axis=(0, 2))
     bn = L.BatchNormalization(axis=(0, 2), initial_avg_mean=mean, initial_avg_var=var)
     x = _x((4, 3, 6))
     with chainer.using_config("train", False):
@@ -79,12 +80,12 @@ def test_size_none_with_initial_statistics_and_evaluation():
 def test_size_none_serialization_round_trip():
     """A lazily sized link saves and loads like L.BatchNormalization (statistics and
     parameters are created by the deserializer when the link has not run yet)."""
-    a = C.ABN(activation="identity")
+    a = C.ABN(activation="identity", axis=0)
     a(_x((4, 3)))
     a(_x((4, 3), seed=1), finetune=True)
     target = {}
     chainer.serializers.DictionarySerializer(target).save(a)
-    b = C.ABN(activation="identity")
+    b = C.ABN(activation="identity", axis=0)
     chainer.serializers.NpzDeserializer(target).load(b)
     for attr in ("avg_mean", "avg_var"):
         np.testing.assert_array_equal(getattr(b, attr), getattr(a, attr))
@@ -96,7 +97,7 @@ def test_size_none_serialization_round_trip():
 def test_size_none_on_the_links_device():
     """Parameters created at the first call live where the link was sent (here the CPU
     device object; on a GPU the same path, Chainer's Parameter.initialize, is used)."""
-    layer = C.ABN(activation="identity")
+    layer = C.ABN(activation="identity", axis=0)
     layer.to_device("@numpy")
     layer(_x((2, 4)))
     dev = chainer.get_device("@numpy")
@@ -120,7 +121,8 @@ def test_size_none_synchronized_link_infers_channels():
 @pytest.mark.parametrize("size", [3, None])
 def test_unused_parameters_are_none(name, size):
     for use_gamma, use_beta in ((False, True), (True, False), (False, False)):
-        layer = LINKS[name](size, use_gamma=use_gamma, use_beta=use_beta)
+        layer = LINKS[name](size, use_gamma=use_gamma, use_beta=use_beta,
+                            axis=None if size else (0,))
         bn = L.BatchNormalization(size, axis=None if size else (0,), use_gamma=use_gamma,
                                   use_beta=use_beta)
         for attr, used in (("gamma", use_gamma), ("beta", use_beta)):
@@ -159,7 +161,7 @@ def test_forward_arguments_like_batch_normalization(name):
 @pytest.mark.parametrize("size", [3, None])
 @pytest.mark.parametrize("name", sorted(LINKS))
 def test_links_reject_one_dimensional_x_with_invalid_type(name, size):
-    layer = LINKS[name](size)
+    layer = LINKS[name](size, axis=None if size else (0, 2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", C.InPlaceFallbackWarning)
         with pytest.raises(type_check.InvalidType, match="ndim"):
@@ -402,3 +404,46 @@ def test_from_batch_normalization_needs_an_initialized_layer():
     bn = L.BatchNormalization(axis=(0, 2, 3))
     bn(_x((2, 3, 2, 2)))
     assert C.InPlaceABN.from_batch_normalization(bn).avg_mean.shape == (3,)
+
+
+# ---- size or axis, memory layouts --------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(LINKS))
+def test_size_or_axis_is_required_like_batch_normalization(name):
+    with pytest.raises(RuntimeError, match="size or axis is required"):
+        L.BatchNormalization()
+    with pytest.raises(RuntimeError, match="size or axis is required"):
+        LINKS[name]()
+
+
+@pytest.mark.parametrize("name", sorted(LINKS))
+def test_channel_last_memory_layout_like_batch_normalization(name):
+    """x with Chainer's CUDNN_CHANNEL_LAST_X layout: the array is NHWC, the Variable's shape
+    NCHW; the link normalizes per channel as L.BatchNormalization does, the output keeps the
+    layout, and dx comes back in it."""
+    from chainer import memory_layouts
+    rng = np.random.default_rng(3)
+    raw = rng.standard_normal((2, 5, 4, 3)).astype("f") * 2 + 1   # (N, H, W, C)
+    gy = rng.standard_normal(raw.shape).astype("f")
+    layer = LINKS[name](3, activation="identity", initial_gamma=1.0 - 2e-5)
+    bn = L.BatchNormalization(3)
+    x = chainer.Variable(raw.copy(), layout=memory_layouts.CUDNN_CHANNEL_LAST_X)
+    assert x.shape == (2, 3, 5, 4)
+    y = layer(x)
+    assert y.layout == memory_layouts.CUDNN_CHANNEL_LAST_X and y.shape == (2, 3, 5, 4)
+    x_ref = chainer.Variable(raw.transpose(0, 3, 1, 2).copy())
+    y_ref = bn(x_ref)
+    np.testing.assert_allclose(y.raw_array, y_ref.array.transpose(0, 2, 3, 1), rtol=1e-4,
+                               atol=1e-4)
+    np.testing.assert_allclose(layer.avg_mean, bn.avg_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.avg_var, bn.avg_var, rtol=1e-5, atol=1e-6)
+    # Chainer's own check of a grad's shape reads .array: allowed as Chainer's tests do
+    with chainer.variable._AllowArrayAccessWithNonstandardLayout():
+        y.grad_var = chainer.Variable(gy.copy(), layout=memory_layouts.CUDNN_CHANNEL_LAST_X)
+        y.backward()
+    y_ref.grad = gy.transpose(0, 3, 1, 2).copy()
+    y_ref.backward()
+    np.testing.assert_allclose(layer.beta.grad, bn.beta.grad, rtol=1e-4, atol=1e-4)
+    if name == "ABN":   # x is overwritten by the in-place layers; dx lands on it as well
+        assert x.grad_var.layout == memory_layouts.CUDNN_CHANNEL_LAST_X
+        np.testing.assert_allclose(x.grad_var.raw_array, x_ref.grad.transpose(0, 2, 3, 1),
+                                   rtol=1e-4, atol=1e-4)

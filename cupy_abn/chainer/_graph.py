@@ -99,7 +99,7 @@ def copy_reason(x: Any) -> Optional[str]:
     if _array_refs(x) > _BASELINE_REFS:
         return ("x's array is referenced outside the graph (by another variable, a view of "
                 "it, or the caller)")
-    arr: Any = x.array
+    arr: Any = x.raw_array
     if getattr(arr, "base", None) is not None and arr.flags.c_contiguous:
         return "x's array is a view that may share memory with another variable"
     return None
@@ -116,7 +116,7 @@ _BASELINE_REFS = _array_refs(chainer.Variable(np.empty(1)))
 def needs_copy(x: Any, stacklevel: int = 3) -> bool:
     """Whether the in-place node must work on a copy of ``x``; warns where x is protected."""
     reason = copy_reason(x)
-    arr: Any = x.array if isinstance(x, chainer.Variable) else x
+    arr: Any = x.raw_array if isinstance(x, chainer.Variable) else x
     if reason is None:
         return not arr.flags.c_contiguous
     warnings.warn(f"InPlaceABN computes on a copy of x (one extra buffer of shape "
@@ -137,6 +137,6 @@ def invalidate(x: Any, layer: str = "an InPlaceABN layer") -> None:
     its shape/dtype metadata, so backward through the graph is unaffected.
     """
     if isinstance(x, chainer.Variable):
-        arr: Any = x.array
+        arr: Any = x.raw_array
         x._data[0] = OverwrittenArray(arr.shape, arr.dtype, layer)
         x.__class__ = OverwrittenVariable

@@ -74,6 +74,7 @@ class ABNFunction(chainer.FunctionNode):
         self.copy_input = copy_input
         self.comm = comm
         self.saved = None
+        self.x_layout = None   # x's Chainer memory layout, set by forward
 
     @property
     def label(self) -> str:
@@ -105,6 +106,26 @@ class ABNFunction(chainer.FunctionNode):
         for other in in_types[2:]:
             type_check.expect(other.shape == gamma.shape)
 
+    def check_layout_forward(self, inputs):
+        """x may carry a Chainer memory layout (``CUDNN_CHANNEL_LAST_X``: the array is NHWC,
+        the Variable's shape NCHW); the parameters and statistics may not."""
+        bad = [i for i, v in enumerate(inputs[1:], 1) if v.layout is not None]
+        if bad:
+            raise RuntimeError(f"{self.label}: only x may have a memory layout, got "
+                               f"{[str(inputs[i].layout) for i in bad]} for inputs {bad}")
+
+    def _raw_axis(self, x, gamma):
+        """The reduced axes of the array of x (None: the default layout).  With a memory
+        layout the array's axes are a permutation of the Variable's, as in
+        ``F.batch_normalization``: NHWC reduces over (0, 1, 2)."""
+        axis = geometry.chainer_axis(x.ndim, gamma.ndim, self.axis)
+        layout = self.input_layouts[0] if self.input_layouts else None
+        if layout is None:
+            return axis
+        t = chainer.memory_layouts._get_layout_transpose_axes(x.ndim, None, layout, True)
+        logical = axis if axis is not None else geometry.reduced_axes(x.ndim)
+        return tuple(sorted(t[i] for i in logical)) if t is not None else axis
+
     def forward(self, inputs):
         x, gamma, beta = inputs[:3]
         mean, var = inputs[3:] if self.takes_stats else (self.running_mean,
@@ -113,7 +134,9 @@ class ABNFunction(chainer.FunctionNode):
         if in_place and self.copy_input:
             xp = chainer.backend.get_array_module(x)
             x = xp.array(x, order="C", copy=True)
-        axis = geometry.chainer_axis(x.ndim, gamma.ndim, self.axis)
+        axis = self._raw_axis(x, gamma)
+        self.x_layout = self.input_layouts[0] if self.input_layouts else None
+        self.output_layouts = (self.x_layout,)
         if self.comm is not None and axis is not None:
             raise ValueError(f"axis: the synchronized layer normalizes over every axis but 1, "
                              f"got axis={self.axis} for x of ndim {x.ndim}")
@@ -134,6 +157,9 @@ class ABNFunction(chainer.FunctionNode):
         if chainer.config.enable_backprop:
             if self.kw["mode"] != "standard" or self.comm is not None:
                 raise NotImplementedError(_DOUBLE.format(label=self.label))
+            if self.x_layout is not None:
+                raise NotImplementedError(f"{self.label}: double backward of x with a memory "
+                                          f"layout ({self.x_layout}) is not supported")
             return _differentiable_backward(self, grad_outputs[0])
         gz, = grad_outputs
         z = self.saved.z
@@ -150,7 +176,8 @@ class ABNFunction(chainer.FunctionNode):
         if self.takes_stats:
             grads += _stats_grads(self.saved, self.get_retained_inputs(), dgamma, dbeta,
                                   self.kw["eps"])
-        return tuple(chainer.Variable(g) for g in grads)
+        return (chainer.Variable(dx, layout=self.x_layout),) + tuple(
+            chainer.Variable(g) for g in grads[1:])
 
 
 def _stats_grads(saved, retained, dgamma, dbeta, eps):

@@ -71,6 +71,7 @@ class _SwappedActivation(chainer.FunctionNode):
 
 class _ABNLink(chainer.Link):
     _mode = "standard"
+    _size_or_axis = True   # L.BatchNormalization needs one (the synchronized link: axis 1)
     # As in L.BatchNormalization: None when use_gamma / use_beta is False.
     gamma = None
     beta = None
@@ -82,6 +83,8 @@ class _ABNLink(chainer.Link):
                  mode: Optional[str] = None, *, initial_avg_mean: Any = None,
                  initial_avg_var: Any = None, axis: Any = None):
         super().__init__()
+        if size is None and axis is None and self._size_or_axis:   # as L.BatchNormalization
+            raise RuntimeError("size or axis is required")
         self.mode = self._mode if mode is None else mode
         # A bad mode or activation fails here, not at the first call.
         _validation.check_activation(activation, activation_param, self.mode)
@@ -163,6 +166,9 @@ class _ABNLink(chainer.Link):
             ndim = getattr(x, "ndim", 0)
             if self.axis is None and ndim < 2:
                 raise type_check.InvalidType("x.ndim >= 2 (channels on axis 1)",
+                                             f"x.ndim = {ndim}")
+            if self.axis is not None and not (ndim >= len(self.axis) and ndim > max(self.axis)):
+                raise type_check.InvalidType(f"x.ndim > {max(self.axis)} (axis={self.axis})",
                                              f"x.ndim = {ndim}")
             self._initialize_params(geometry.layout(x.shape, self.axis).param_shape)
         training = bool(configuration.config.train)

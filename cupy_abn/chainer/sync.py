@@ -51,6 +51,7 @@ class InPlaceABNSync(_ABNLink):
     (``chainer.config.train`` False) nothing is exchanged.
     """
     _mode = "inplace"
+    _size_or_axis = False   # channels on axis 1: size=None infers them at the first call
 
     def __init__(self, size: Optional[Any], comm, decay: float = 0.9, eps: float = 2e-5,
                  dtype=None, use_gamma: bool = True, use_beta: bool = True,
