@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.skipif(not FOUND or bool(MISSING),
 
 # In-place modes: the passes whose minimal traffic is the model's (standard keeps and reads x).
 INPLACE = ("inplace", "inplace_v1")
-VECTOR_SHAPES = [list(s) for s in ((32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28))]
+VECTOR_SHAPES = [list(s) for s in ((32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28),
+                                   (32 * 56 * 56, 256), (32 * 7 * 7, 2048))]   # + channels-last
 
 
 @pytest.fixture(scope="module")

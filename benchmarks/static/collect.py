@@ -21,6 +21,8 @@ from . import model
 from . import sass as S
 
 SHAPES = ((64, 112, 112), (256, 56, 56), (512, 28, 28), (2048, 7, 7))
+# Channels-last (N*H*W, C): NHWC reduced over axis=(0, 1, 2), as the kernels see it.
+LAST_SHAPES = ((256, 56, 56), (2048, 7, 7))
 BATCH = 32
 DTYPES = ("float32", "float16")
 MODES = ("inplace", "inplace_v1", "standard")
@@ -202,8 +204,10 @@ def launch_record(launch: L.Launch, variant: dict, numel: int, itemsize: int,
 
 
 def _pass_list(modes):
-    return [((BATCH, c, h, w), d, m, p) for (c, h, w) in SHAPES for d in DTYPES
-            for m in modes for p in L.PASSES]
+    shapes = ([(BATCH, c, h, w) for (c, h, w) in SHAPES]
+              + [(BATCH * h * w, c) for (c, h, w) in LAST_SHAPES])
+    return [(shape, d, m, p) for shape in shapes for d in DTYPES for m in modes
+            for p in L.PASSES]
 
 
 def record_launches(variants: List[dict], major: int, sms: int = model.SMS, modes=MODES
