@@ -87,3 +87,15 @@ def test_deepcopy_keeps_the_communicator():
     F.sum(twin(h)).backward()
     # Chainer fills an initialized parameter's gradient with NaN until a backward writes it
     assert np.isfinite(twin.gamma.grad).all() and np.isnan(layer.gamma.grad).all()
+
+
+@pytest.mark.parametrize("backend,want", [("auto", "mpi"), ("mpi", "mpi")])
+def test_communication_backend_as_multi_node_batch_normalization(backend, want):
+    """MultiNodeBatchNormalization's keyword: "mpi" or "auto" (MPI for a non-NCCL
+    communicator); anything else, or "nccl" without a PureNcclCommunicator, is a ValueError
+    at construction."""
+    assert InPlaceABNSync(3, OneRank(), communication_backend=backend).communication_backend \
+        == want
+    for bad in ("nccl", "dummy"):
+        with pytest.raises(ValueError, match="communication_backend"):
+            InPlaceABNSync(3, OneRank(), communication_backend=bad)

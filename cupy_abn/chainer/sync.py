@@ -42,6 +42,20 @@ def inplace_abn_sync(x, gamma, beta, comm, running_mean=None, running_var=None, 
     return z
 
 
+def _communication_backend(comm, name: str) -> str:
+    """``MultiNodeBatchNormalization``'s ``communication_backend`` rules: "mpi", "nccl" (a
+    ``PureNcclCommunicator`` only) or "auto".  The statistics travel through
+    :mod:`cupy_abn.sync`'s exchange (the communicator's allreduce) either way."""
+    if name not in ("mpi", "nccl", "auto"):
+        raise ValueError(f"InPlaceABNSync does not support communication_backend={name!r} "
+                         f"(expected 'mpi', 'nccl' or 'auto')")
+    nccl = type(comm).__name__ == "PureNcclCommunicator"
+    if name == "nccl" and not nccl:
+        raise ValueError(f"communication_backend='nccl' needs a PureNcclCommunicator, got "
+                         f"{type(comm).__name__}")
+    return name if name != "auto" else ("nccl" if nccl else "mpi")
+
+
 class InPlaceABNSync(_ABNLink):
     """Synchronized InPlace-ABN layer: :class:`cupy_abn.chainer.InPlaceABN` (L.BatchNormalization's
     parameters and persistents, ``finetune``, an activation, a mode) whose batch statistics are
@@ -57,11 +71,14 @@ class InPlaceABNSync(_ABNLink):
                  dtype=None, use_gamma: bool = True, use_beta: bool = True,
                  initial_gamma=None, initial_beta=None, activation: str = "leaky_relu",
                  activation_param: float = 0.01, mode: str = "inplace", *,
-                 initial_avg_mean=None, initial_avg_var=None):
+                 initial_avg_mean=None, initial_avg_var=None,
+                 communication_backend: str = "auto"):
+        backend = _communication_backend(comm, communication_backend)
         super().__init__(size, decay, eps, dtype, use_gamma, use_beta, initial_gamma,
                          initial_beta, activation, activation_param, mode,
                          initial_avg_mean=initial_avg_mean, initial_avg_var=initial_avg_var)
         self.comm = comm
+        self.communication_backend = backend
 
     def _apply(self, x, gamma, beta, mean, var, **kw) -> chainer.Variable:
         return inplace_abn_sync(x, gamma, beta, self.comm, mean, var, mode=self.mode,
