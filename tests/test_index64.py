@@ -8,8 +8,9 @@ generated again for the reference, so the host holds one channel at a time (512 
 float16 plus the NumPy backend's float32 temporaries, about 4 GiB at most).
 
 Where it runs: a device that holds two 4 GiB buffers (x and dz), i.e. a GPU (``-m gpu``,
-the GPU proof). PoCL cannot: its ``CL_DEVICE_MAX_MEM_ALLOC_SIZE`` here is 2 GiB (and
-``POCL_MEMORY_LIMIT`` only lowers it), so the PoCL case skips, naming the limit. The same
+the GPU proof). On PoCL it is opt-in (``CUPY_ABN_INDEX64_POCL=1``): it needs
+``CL_DEVICE_MAX_MEM_ALLOC_SIZE`` above 4 GiB, which PoCL derives from the free memory at
+start (2 GiB or 4 GiB here; ``POCL_MEMORY_LIMIT`` only lowers it), and minutes and ~18 GB. The same
 checker runs in every CI environment on a small tensor with ``IDX64_FROM`` lowered to 0, so
 that the harness and the IDX64 variants are exercised on PoCL at every run.
 
@@ -27,6 +28,7 @@ backward.
 """
 from __future__ import annotations
 
+import os
 import resource
 import time
 
@@ -37,6 +39,7 @@ import cupy_abn
 from tests._backends import gpu_count, pocl_queue
 from tests._reference import TOL
 
+OPT_IN = "CUPY_ABN_INDEX64_POCL"   # run the big case on PoCL too (not in CI: time, memory)
 BIG = (2, 8, 2 ** 27 + 8)          # 2^31 + 128 elements, rows of whole 16-byte packs
 SMALL = (2, 3, 40)
 KW = dict(mode="inplace", activation="leaky_relu", activation_param=0.1, eps=1e-5, decay=0.9)
@@ -108,6 +111,9 @@ class _Pocl:
         return a.get()
 
     def fits(self, nbytes):
+        if os.environ.get(OPT_IN) != "1":
+            return False, (f"needs a GPU (on PoCL it takes 6-7 min and 18 GB: opt in with "
+                           f"{OPT_IN}=1 where PoCL's buffer limit allows 4 GiB)")
         limit = int(self.queue.device.max_mem_alloc_size)
         if limit < nbytes:
             return False, (f"needs a GPU: PoCL's CL_DEVICE_MAX_MEM_ALLOC_SIZE is {limit} bytes, "
