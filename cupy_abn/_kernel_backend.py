@@ -266,14 +266,18 @@ class KernelBackend:
         return self.rt.function(family, entry or family, K.defines(family, **variant))
 
     # ---- forward ---------------------------------------------------------------------------
-    def moments(self, x, acc):
+    def moments(self, x, acc, extrema: bool = False):
         """Per-channel (count, mean, M2) partials in ``acc`` and the shift, for a
-        synchronized layer."""
+        synchronized layer or the finiteness check; with ``extrema`` also the partials' min
+        and max of x (C, B)."""
         x = self.rt.ascontiguous(x)
         acc = np.dtype(acc)
-        fn, grid, plan, args, outs = self._moments(x, acc, acc)   # parameters never read
-        self.rt.launch(fn, grid, plan.block, args + outs + self._no_finish(acc, outs[0]))
-        return outs
+        fn, grid, plan, args, outs = self._moments(x, acc, acc, extrema)   # params unread
+        ext = tuple(self.rt.empty(outs[0].shape, acc) for _ in range(2)) if extrema else (
+            outs[0], outs[0])
+        self.rt.launch(fn, grid, plan.block,
+                       args + outs + self._no_finish(acc, outs[0]) + ext)
+        return outs + ext if extrema else outs
 
     def normalize_train(self, x, out, gamma, beta, running_mean, running_var, *, eps, decay,
                         abs_gamma, activation, param, acc):
@@ -299,23 +303,31 @@ class KernelBackend:
             self.rt.launch(fn, c, block, (x, out, np.uint32(c), it(row_len), it(m)) + finish
                            + (acc.type(param), stats))
             return stats
+        # Every kernel of the pass is built before the first launch writes anything.
+        self.prepare_normalize(x, out, acc, activation, acc)
         fn, grid, plan, args, outs = self._moments(x, gamma.dtype, acc)
         groups = grid // plan.parts   # channels, or channels-last tiles
         arrivals = self.rt.zeros((groups,), np.uint32) if plan.parts > 1 else outs[0]
         self.rt.launch(fn, grid, plan.block,
-                       args + outs + (arrivals, np.int32(1)) + finish + (stats,))
+                       args + outs + (arrivals, np.int32(1)) + finish + (stats,)
+                       + (outs[0], outs[0]))   # no extrema
         self.normalize_activate(x, out, stats, activation, param)
         return stats
 
-    def _moments(self, x, param_dtype, acc):
+    def _moments(self, x, param_dtype, acc, extrema=False):
         """(fn, grid, plan, leading arguments, outputs (count, mean, M2, shift)) of the
         statistics launch."""
         vector = self.vector_path(x.shape, x, acc=acc)
+        last = channels_last(x.shape)
+        if extrema and not K.extrema_vector_fits(
+                "channel_moments_last" if last else "channel_moments", x.dtype,
+                x.size >= K.IDX64_FROM):
+            vector = False
         c, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
         u = unroll("forward", K.vec_width(x.dtype, vector))
-        if channels_last(x.shape):
+        if last:
             fn = self._fn("channel_moments_last", store=x.dtype, param=param_dtype,
-                          idx64=idx64, vector=vector, acc=acc)
+                          idx64=idx64, vector=vector, acc=acc, extrema=extrema)
             tile_x = tile_width(row_len)
             tiles = -(-row_len // tile_x)
             plan = self.reduction(fn, m * tile_x, tiles, u)
@@ -324,7 +336,7 @@ class KernelBackend:
                     np.uint32(plan.parts))
         else:
             fn = self._fn("channel_moments", store=x.dtype, param=param_dtype, idx64=idx64,
-                          vector=vector, acc=acc)
+                          vector=vector, acc=acc, extrema=extrema)
             plan = self.reduction(fn, m, c, u)
             grid = c * plan.parts
             args = (x, np.uint32(c), it(row_len), it(m), np.uint32(plan.parts))
@@ -386,29 +398,39 @@ class KernelBackend:
         return stats
 
     def _normalize(self, x, out, stats, activation, param, param_dtype, tail):
-        vector = self.vector_path(x.shape, x, out, acc=stats.dtype)
+        fn, grid, block, head = self._normalize_launch(x, out, stats, stats.dtype, activation,
+                                                       param, param_dtype)
+        self.rt.launch(fn, grid, block, head + tail)
+
+    def prepare_normalize(self, x, out, acc, activation, param_dtype) -> None:
+        """Build the elementwise forward kernel now, so that a failed build raises before
+        the statistics launch writes the running statistics."""
+        self._normalize_launch(x, out, None, acc, activation, 0.0, param_dtype)
+
+    def _normalize_launch(self, x, out, stats, acc, activation, param, param_dtype):
+        """(fn, grid, block, leading arguments) of the elementwise forward (stats of dtype
+        ``acc``)."""
+        acc = np.dtype(acc)
+        vector = self.vector_path(x.shape, x, out, acc=acc)
         c, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
         if channels_last(x.shape):
             tile_x, tiles, parts, block = self._tile_rows(
                 m, row_len, unroll("normalize", K.vec_width(x.dtype, vector), last=True))
             fn = self._fn("normalize_activate_last", store=x.dtype, param=param_dtype,
                           act=ACTIVATIONS[activation].code, idx64=idx64, vector=vector,
-                          acc=stats.dtype)
-            self.rt.launch(fn, tiles * parts, block,
-                           (x, out, stats, np.uint32(c), np.uint32(row_len), it(m),
-                            np.uint32(tile_x), np.uint32(parts),
-                            np.dtype(stats.dtype).type(param)) + tail)
-            return
+                          acc=acc)
+            return fn, tiles * parts, block, (
+                x, out, stats, np.uint32(c), np.uint32(row_len), it(m), np.uint32(tile_x),
+                np.uint32(parts), acc.type(param))
         rows = x.shape[0] * c
         plan = row_plan(rows, row_len, unroll("forward", K.vec_width(x.dtype, vector)),
                         self.rt.max_block,
                         MAX_ROW_GRID)
         fn = self._fn("normalize_activate", store=x.dtype, param=param_dtype,
-                      act=ACTIVATIONS[activation].code, idx64=idx64, vector=vector,
-                      acc=stats.dtype)
-        self.rt.launch(fn, plan.grid, plan.block,
-                       (x, out, stats, np.uint32(c), it(row_len), it(rows),
-                        np.uint32(plan.row_threads), np.dtype(stats.dtype).type(param)) + tail)
+                      act=ACTIVATIONS[activation].code, idx64=idx64, vector=vector, acc=acc)
+        return fn, plan.grid, plan.block, (
+            x, out, stats, np.uint32(c), it(row_len), it(rows), np.uint32(plan.row_threads),
+            acc.type(param))
 
     # ---- backward --------------------------------------------------------------------------
     def backward_terms(self, z, dz, x, stats, activation, param, t):

@@ -34,14 +34,14 @@ class KernelFile:
     file: str
     entries: Tuple[str, ...]
     headers: Tuple[str, ...]
-    uses: Tuple[str, ...]   # subset of ("store", "param", "act", "t", "idx", "vec")
+    uses: Tuple[str, ...]   # subset of ("store", "param", "act", "t", "idx", "vec", "extrema")
 
 
 _STREAM = ("store", "idx", "vec")   # kernels that stream x-sized tensors
 FILES: Dict[str, KernelFile] = {
     "channel_moments": KernelFile("channel_moments.cu", ("channel_moments",),
-                                  ("channel_reduce.cuh", "channel_stats.cuh"),
-                                  _STREAM + ("param",)),
+                                  ("channel_reduce.cuh", "channel_stats.cuh",
+                                   "channel_extrema.cuh"), _STREAM + ("param", "extrema")),
     "channel_train": KernelFile("channel_train.cu", ("channel_train", "channel_eval"),
                                 ("channel_reduce.cuh", "channel_stats.cuh"), ("param",)),
     "normalize_activate": KernelFile("normalize_activate.cu", ("normalize_activate",),
@@ -63,7 +63,8 @@ FILES: Dict[str, KernelFile] = {
     # Channels-last x, viewed as (M, C) with the channel fastest (channel_tile.cuh).
     "channel_moments_last": KernelFile("channel_moments_last.cu", ("channel_moments_last",),
                                        ("channel_reduce.cuh", "channel_stats.cuh",
-                                        "channel_tile.cuh"), _STREAM + ("param",)),
+                                        "channel_tile.cuh", "channel_extrema.cuh"),
+                                       _STREAM + ("param", "extrema")),
     "normalize_activate_last": KernelFile("normalize_activate_last.cu",
                                           ("normalize_activate_last",),
                                           ("activation.cuh", "channel_reduce.cuh",
@@ -117,7 +118,7 @@ def vec_width(store, vector: bool) -> int:
 
 @functools.lru_cache(maxsize=4096)   # one tuple per variant, not one per launch
 def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None,
-            vector=False, acc=None) -> Tuple[str, ...]:
+            vector=False, acc=None, extrema=False) -> Tuple[str, ...]:
     """The ``-D`` options of a variant of ``family``, from the dtypes/codes it reads.
 
     ``store`` and ``param`` are dtypes (or None where the family does not read them);
@@ -143,6 +144,8 @@ def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None
     out.append(f"-DIDX64={int(bool(idx64)) if 'idx' in uses else 0}")
     if "vec" in uses:
         out.append(f"-DVEC={vec_width(store, vector)}")
+    if extrema and "extrema" in uses:   # the finiteness check's variants only
+        out.append("-DEXTREMA=1")
     return tuple(out)
 
 
@@ -157,6 +160,16 @@ def vector_fits(store, acc) -> bool:
     float32 packs (8 or 4 doubles per pack, several packs in flight per tensor) would spill,
     so mixed float64 accumulation of narrower data takes the scalar path."""
     return np.dtype(acc) != np.float64 or np.dtype(store) == np.float64
+
+
+def extrema_vector_fits(family: str, store, idx64: bool) -> bool:
+    """Whether the EXTREMA variant of ``family`` may take 16-byte packs.  Not the
+    channels-last one: a pack's VEC channels each need their own extrema and tree merges
+    (float16 packs with 64-bit indices would spill, and PoCL takes over 10 minutes to build
+    the float16 variant), while its scalar path is still coalesced (a warp reads 32
+    consecutive channels).  The check is opt-in; its channels-last statistics launch moves
+    single elements."""
+    return family != "channel_moments_last"
 
 
 def resident_fits(store, acc, vector: bool) -> bool:
@@ -188,8 +201,11 @@ def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
                 continue   # the scalar path (KernelBackend.vector_path)
             if family == "channel_resident" and not resident_fits(xd, acc, vector):
                 continue
-            key = (family, defines(family, store=xd, param=pd, act=act, t=t, idx64=idx64,
-                                   vector=vector, acc=acc))
-            if key not in seen:
-                seen.add(key)
-                yield key
+            for extrema in (False, True) if "extrema" in FILES[family].uses else (False,):
+                if extrema and vector and not extrema_vector_fits(family, xd, idx64):
+                    continue   # the scalar path
+                key = (family, defines(family, store=xd, param=pd, act=act, t=t, idx64=idx64,
+                                       vector=vector, acc=acc, extrema=extrema))
+                if key not in seen:
+                    seen.add(key)
+                    yield key

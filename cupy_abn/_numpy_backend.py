@@ -37,9 +37,9 @@ class NumpyBackend:
         dst[...] = src
 
     # ---- forward -------------------------------------------------------------------------
-    def moments(self, x, acc):
+    def moments(self, x, acc, extrema: bool = False):
         """Per-channel ``(count, mean, m2)`` partials, each ``(C, 1)``, and the shift, in
-        ``acc``.
+        ``acc``; with ``extrema`` also x's min and max per channel, ``(C, 1)`` each.
 
         The data are shifted by the channel's first element before summing, so that a large
         common offset (mean 1e4, std 1e-2 in float32) does not swamp the deviations.
@@ -51,7 +51,15 @@ class NumpyBackend:
         count = np.full((c, 1), n * s, dtype=acc)
         mean = (d.sum(axis=(0, 2), dtype=acc) / acc.type(n * s))[:, None]
         m2 = np.square(d - mean[None, :, 0, None]).sum(axis=(0, 2), dtype=acc)[:, None]
-        return count, mean, m2, shift
+        if not extrema:
+            return count, mean, m2, shift
+        with np.errstate(invalid="ignore"):   # NaN is the moments' to report
+            lo = np.fmin.reduce(x3, axis=(0, 2)).astype(acc)[:, None]
+            hi = np.fmax.reduce(x3, axis=(0, 2)).astype(acc)[:, None]
+        return count, mean, m2, shift, lo, hi
+
+    def prepare_normalize(self, x, out, acc, activation, param_dtype) -> None:
+        """Nothing to build ahead (the kernel backend builds its kernel here)."""
 
     def channel_train(self, count, mean, m2, shift, gamma, beta, running_mean, running_var,
                       *, eps, decay, abs_gamma):

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from . import _axis
+from . import _finite
 from . import _geometry as G
 from . import _validation as V
 from ._dispatch import backend_for, device_scope
@@ -26,8 +27,8 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
                 decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
                 activation_param: float = 0.01, mode: str = "inplace",
                 combine_moments: Optional[Callable] = None,
-                global_count: Optional[int] = None, axis: Any = None
-                ) -> Tuple[Array, SavedState]:
+                global_count: Optional[int] = None, axis: Any = None,
+                check_finite: Optional[bool] = None) -> Tuple[Array, SavedState]:
     """Batch normalization fused with an activation, in place in the in-place modes.
 
     Parameters
@@ -65,6 +66,11 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         of the other axes.  Default: every axis but 1 (channels on axis 1).  Consecutive kept
         axes (``(0, 1, 2)`` for channels-last NHWC, ``(0,)``) are a reshape of x; others go
         through a copy with the kept axes first.
+    check_finite : bool, optional
+        In training, raise :class:`cupy_abn.NonFiniteError` before anything is written
+        when x holds NaN or Inf or a float16 output would overflow (default: the global
+        switch, :func:`cupy_abn.set_check_finite`, off).  No extra pass over x: the statistics
+        reduction records it; the cost is a host round trip.
 
     Returns
     -------
@@ -83,7 +89,8 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         return _axis.forward(abn_forward, x, gamma, beta, running_mean, running_var,
                              axis=axis, mode=mode, training=training, decay=decay, eps=eps,
                              activation=activation, activation_param=activation_param,
-                             combine_moments=combine_moments, global_count=global_count)
+                             combine_moments=combine_moments, global_count=global_count,
+                             check_finite=check_finite)
     fam = V.check_forward(x, gamma, beta, running_mean, running_var, training=training,
                           decay=decay, eps=eps, activation=activation,
                           activation_param=activation_param, mode=mode, count=global_count)
@@ -91,12 +98,12 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
     with device_scope(x, fam):   # once per call: the runtime's calls assume this device
         z, saved = _forward(be, x, gamma, beta, running_mean, running_var, training, decay,
                             eps, activation, float(activation_param), mode, combine_moments,
-                            global_count)
+                            global_count, _finite.resolve(check_finite))
     return z, saved
 
 
 def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps, activation,
-             activation_param, mode, combine_moments, global_count):
+             activation_param, mode, combine_moments, global_count, check=False):
     """The stages of :func:`abn_forward` on checked arguments."""
     abs_gamma = mode != "standard"
     acc = accum_dtype(x.dtype, gamma.dtype)
@@ -113,13 +120,28 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
         z = be.empty_like(x)
     else:
         z = x
-    if training and combine_moments is None:   # statistics and output: 1-2 launches on a GPU
+    if training and combine_moments is None and not check:   # 1-2 launches on a GPU
         stats = be.normalize_train(x, z, gamma, beta, running_mean, running_var, eps=eps,
                                    decay=decay, abs_gamma=abs_gamma, activation=activation,
                                    param=activation_param, acc=acc)
-    elif training:   # the partials cross processes between the reduction and its finish
-        partials = be.moments(x, acc) if size else _empty_moments(be, x, acc)
-        stats = be.channel_train(*combine_moments(*partials), gamma, beta, running_mean,
+    elif training:   # the partials cross processes (or are checked) before the finish
+        if size:   # a kernel that fails to build must fail before anything is written
+            be.prepare_normalize(x, z, acc, activation, acc)
+        partials = (be.moments(x, acc, extrema=True) if check else be.moments(x, acc)) \
+            if size else _empty_moments(be, x, acc)
+        partials, extrema = partials[:4], partials[4:]
+        if combine_moments is not None:
+            partials = combine_moments(*partials)
+        if check:   # before anything is written (x, the running statistics)
+            _finite.check_moments(*partials[:3])
+            if size:   # the statistics alone (no running update) bound the output
+                bounds = be.channel_train(*partials, gamma, beta, None, None, eps=eps,
+                                          decay=decay, abs_gamma=abs_gamma)
+                _finite.check_stats(bounds, eps)
+                if np.dtype(z.dtype) == np.float16:
+                    _finite.check_float16_output(bounds, *extrema, activation,
+                                                 activation_param)
+        stats = be.channel_train(*partials, gamma, beta, running_mean,
                                  running_var, eps=eps, decay=decay, abs_gamma=abs_gamma)
         if size:
             be.normalize_activate(x, z, stats, activation, activation_param)
@@ -149,7 +171,8 @@ def _empty_moments(be, x, acc):
 
 
 def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
-                 combine_sums: Optional[Callable] = None) -> Tuple[Array, Array, Array]:
+                 combine_sums: Optional[Callable] = None,
+                 check_finite: Optional[bool] = None) -> Tuple[Array, Array, Array]:
     """Gradients of :func:`abn_forward` rebuilt from its output.
 
     Parameters
@@ -163,6 +186,9 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
     combine_sums : callable, optional
         ``(sum_dy, sum_dy_t) -> (sum_dy, sum_dy_t)``, called on the per-channel partial sums;
         a synchronized layer sums them across processes here.
+    check_finite : bool, optional
+        Raise :class:`cupy_abn.NonFiniteError` before dx is written when grad_output (or the
+        saved output) holds NaN or Inf (default: :func:`cupy_abn.set_check_finite`).
 
     Returns
     -------
@@ -171,25 +197,28 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
     """
     if saved.layout is not None:
         return _axis.backward(abn_backward_ncs, saved, grad_output, out,
-                              combine_sums=combine_sums)
-    return abn_backward_ncs(saved, grad_output, out=out, combine_sums=combine_sums)
+                              combine_sums=combine_sums, check_finite=check_finite)
+    return abn_backward_ncs(saved, grad_output, out=out, combine_sums=combine_sums,
+                            check_finite=check_finite)
 
 
 def abn_backward_ncs(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
-                     combine_sums: Optional[Callable] = None) -> Tuple[Array, Array, Array]:
+                     combine_sums: Optional[Callable] = None,
+                     check_finite: Optional[bool] = None) -> Tuple[Array, Array, Array]:
     """:func:`abn_backward` on the (N, C, S) layout the stages saw."""
     V.check_backward(saved, grad_output, out)
     z = saved.z
     fam = V.array_family(z)
     be = backend_for(z, fam)
     with device_scope(z, fam):   # once per call: the runtime's calls assume this device
-        dx, dgamma, dbeta = _backward(be, saved, z, grad_output, out, combine_sums)
+        dx, dgamma, dbeta = _backward(be, saved, z, grad_output, out, combine_sums,
+                                      _finite.resolve(check_finite))
     # The backends return dgamma/dbeta in gamma's dtype already: no copy then.
     dtype = saved.param_dtype
     return dx, _as_dtype(dgamma, dtype), _as_dtype(dbeta, dtype)
 
 
-def _backward(be, saved, z, grad_output, out, combine_sums):
+def _backward(be, saved, z, grad_output, out, combine_sums, check=False):
     """The stages of :func:`abn_backward` on checked arguments."""
     t = t_kind(saved.mode, saved.training)
     grad_output = be.ascontiguous(grad_output)
@@ -199,13 +228,15 @@ def _backward(be, saved, z, grad_output, out, combine_sums):
         terms = be.backward_terms(z, grad_output, saved.x, saved.stats, saved.activation,
                                   saved.activation_param, t)
     dx = be.empty_like(z) if out is None else out
-    if size and combine_sums is None:   # sums, coefficients and dx: 1-2 launches on a GPU
+    if size and combine_sums is None and not check:   # 1-2 launches on a GPU
         dgamma, dbeta = be.backward_local(terms, saved.gamma, dx, m=saved.m,
                                           training=saved.training, abs_gamma=abs_gamma)
     else:   # the partial sums cross processes between the reduction and its finish
         sums = be.grad_sums(terms) if size else _empty_moments(be, z, saved.stats.dtype)[1:3]
         if combine_sums is not None:
             sums = combine_sums(*sums)
+        if check:   # before dx is written
+            _finite.check_sums(*sums)
         dgamma, dbeta, coef = be.channel_backward(*sums, saved.stats, saved.gamma, m=saved.m,
                                                   t=t, training=saved.training,
                                                   abs_gamma=abs_gamma)

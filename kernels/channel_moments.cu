@@ -9,8 +9,10 @@
  * Out: (count, mean of x - shift, M2) at [c * B + b] and shift[c].  With finish != 0 the last
  * block of a channel to arrive merges its B partials in order b = 0 .. B-1 and writes stats
  * (channel_stats.cuh): the training forward is this launch and normalize_activate.
+ * With EXTREMA the block also writes the min and max of its slice at [c * B + b] of xmin,
+ * xmax (from d = x - shift: 0 is the shift, itself an element of the channel).
  * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), channel_reduce.cuh,
- * channel_stats.cuh. */
+ * channel_stats.cuh, channel_extrema.cuh (EXTREMA). */
 /* Packs in flight per thread: cupy_abn/_kernel_backend.py: unroll(). */
 #define UNROLL (VEC == 1 ? 8 : 4)
 
@@ -21,7 +23,8 @@ void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_l
                      int finish, GLOBAL const param_t *gamma, GLOBAL const param_t *beta,
                      GLOBAL param_t *running_mean, GLOBAL param_t *running_var,
                      int update_running, acc_t eps, acc_t decay, acc_t one_minus_decay,
-                     int abs_gamma, GLOBAL acc_t *stats)
+                     int abs_gamma, GLOBAL acc_t *stats, GLOBAL acc_t *xmin,
+                     GLOBAL acc_t *xmax)
 {
     SHARED acc_t s_n[MAX_BLOCK];
     SHARED acc_t s_mean[MAX_BLOCK];
@@ -38,6 +41,7 @@ void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_l
 
     acc_t s1[VEC], s2[VEC];
     UNROLLED for (int k = 0; k < VEC; ++k) s1[k] = s2[k] = 0;
+    acc_t lo = 0, hi = 0;   /* EXTREMA: of d */
     unsigned int packs = 0;
     const idx_t stride = (idx_t)parts * BLOCK_SIZE;
     idx_t j = (idx_t)b * BLOCK_SIZE + tid;
@@ -53,6 +57,10 @@ void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_l
                 const acc_t d = v[u][k] - sh;
                 s1[k] += d;
                 s2[k] += d * d;
+#if EXTREMA
+                lo = ACC_FN(fmin)(lo, d);
+                hi = ACC_FN(fmax)(hi, d);
+#endif
             }
         packs += UNROLL;
     }
@@ -64,6 +72,10 @@ void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_l
             const acc_t d = v[k] - sh;
             s1[k] += d;
             s2[k] += d * d;
+#if EXTREMA
+            lo = ACC_FN(fmin)(lo, d);
+            hi = ACC_FN(fmax)(hi, d);
+#endif
         }
         packs += 1;
     }
@@ -79,8 +91,15 @@ void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_l
         q = q > (acc_t)0 ? q : (acc_t)0;   /* rounding can leave a tiny negative */
     }
     block_merge_moments(s_n, s_mean, s_m2, &n, &mu, &q);
+#if EXTREMA
+    tile_minmax(s_mean, s_m2, 1, &lo, &hi);
+#endif
     if (tid != 0) return;
     const unsigned int at = c * parts + b;
+#if EXTREMA
+    xmin[at] = sh + lo;
+    xmax[at] = sh + hi;
+#endif
     publish(count + at, n);
     publish(mean + at, mu);
     publish(m2 + at, q);

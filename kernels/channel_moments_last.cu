@@ -2,10 +2,12 @@
  * Same outputs as channel_moments.cu: (count, mean of x - shift, M2) at [c * B + b] and
  * shift[c] = x[0, c]; with finish != 0 the last block of a tile merges each of its channels'
  * B partials in order and writes stats (channel_stats.cuh).  Each thread keeps shifted sums
- * for the VEC channels of its pack column.
- * Needs: storage.h, channel_reduce.cuh, channel_stats.cuh, channel_tile.cuh. */
+ * for the VEC channels of its pack column; with EXTREMA (scalar path only) also their min and
+ * max, written at [c * B + b] of xmin, xmax.
+ * Needs: storage.h, channel_reduce.cuh, channel_stats.cuh, channel_tile.cuh,
+ * channel_extrema.cuh (EXTREMA). */
 /* Rows in flight per thread: cupy_abn/_kernel_backend.py: unroll(). */
-#define UNROLL (VEC == 1 ? 8 : 4)
+#define UNROLL (VEC == 1 ? 8 : 4)   /* EXTREMA: VEC == 1 only (_kernel_source.py) */
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
 void channel_moments_last(GLOBAL const store_t *x, unsigned int channels, unsigned int packs,
@@ -15,7 +17,8 @@ void channel_moments_last(GLOBAL const store_t *x, unsigned int channels, unsign
                           GLOBAL const param_t *gamma, GLOBAL const param_t *beta,
                           GLOBAL param_t *running_mean, GLOBAL param_t *running_var,
                           int update_running, acc_t eps, acc_t decay, acc_t one_minus_decay,
-                          int abs_gamma, GLOBAL acc_t *stats)
+                          int abs_gamma, GLOBAL acc_t *stats, GLOBAL acc_t *xmin,
+                          GLOBAL acc_t *xmax)
 {
     SHARED acc_t s_n[MAX_BLOCK];
     SHARED acc_t s_mean[MAX_BLOCK];
@@ -26,6 +29,10 @@ void channel_moments_last(GLOBAL const store_t *x, unsigned int channels, unsign
     tile_walk_t w = tile_start(packs, tile_x, parts, &r, &dr);
     acc_t sh[VEC], s1[VEC], s2[VEC];
     UNROLLED for (int k = 0; k < VEC; ++k) sh[k] = s1[k] = s2[k] = 0;
+#if EXTREMA
+    acc_t lo[VEC], hi[VEC];   /* of d = x - shift */
+    UNROLLED for (int k = 0; k < VEC; ++k) lo[k] = hi[k] = 0;
+#endif
     unsigned int rows_seen = 0;
     if (w.active) {
         load_pack(x, w.p, sh);   /* row 0: each channel's shift */
@@ -38,6 +45,10 @@ void channel_moments_last(GLOBAL const store_t *x, unsigned int channels, unsign
                     const acc_t d = v[u][k] - sh[k];
                     s1[k] += d;
                     s2[k] += d * d;
+#if EXTREMA
+                    lo[k] = ACC_FN(fmin)(lo[k], d);
+                    hi[k] = ACC_FN(fmax)(hi[k], d);
+#endif
                 }
             rows_seen += UNROLL;
         }
@@ -48,6 +59,10 @@ void channel_moments_last(GLOBAL const store_t *x, unsigned int channels, unsign
                 const acc_t d = v[k] - sh[k];
                 s1[k] += d;
                 s2[k] += d * d;
+#if EXTREMA
+                lo[k] = ACC_FN(fmin)(lo[k], d);
+                hi[k] = ACC_FN(fmax)(hi[k], d);
+#endif
             }
             rows_seen += 1;
         }
@@ -61,8 +76,15 @@ void channel_moments_last(GLOBAL const store_t *x, unsigned int channels, unsign
             q = q > (acc_t)0 ? q : (acc_t)0;   /* rounding can leave a tiny negative */
         }
         tile_merge_moments(s_n, s_mean, s_m2, tile_x, &n, &mu, &q);
+#if EXTREMA
+        tile_minmax(s_mean, s_m2, tile_x, &lo[k], &hi[k]);
+#endif
         if (w.ly == 0 && w.active) {
             const unsigned int c = w.p * VEC + k, at = c * parts + w.b;
+#if EXTREMA
+            xmin[at] = sh[k] + lo[k];
+            xmax[at] = sh[k] + hi[k];
+#endif
             publish(count + at, n);
             publish(mean + at, mu);
             publish(m2 + at, q);

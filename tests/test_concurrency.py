@@ -147,11 +147,6 @@ def test_failed_compile_names_the_variant_and_writes_nothing(queue, monkeypatch)
     assert R.COMPILES
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_kernel_backend.normalize_train launches channel_moments (which writes the running "
-    "statistics in its last block) before it asks for normalize_activate: a failed build of "
-    "the second kernel leaves the running statistics updated (fix: look up the "
-    "normalize_activate function before the first launch)"))
 def test_failed_second_compile_writes_nothing(queue, monkeypatch):
     """Only the elementwise kernel fails to build, on the two-pass path: nothing may be
     written before the error either."""
@@ -173,7 +168,7 @@ def test_failed_second_compile_writes_nothing(queue, monkeypatch):
     with pytest.raises(KernelCompileError, match="normalize_activate"):
         cupy_abn.abn_forward(xd, cla.to_device(queue, g), cla.to_device(queue, b), rmd, rvd)
     np.testing.assert_array_equal(xd.get(), x)
-    np.testing.assert_array_equal(rmd.get(), rm)   # fails today: updated already
+    np.testing.assert_array_equal(rmd.get(), rm)   # every kernel is built before a launch
     np.testing.assert_array_equal(rvd.get(), rv)
 
 

@@ -114,8 +114,8 @@ def plot(rep: dict, path, mode: str = "inplace") -> None:
         for j, ps in enumerate(passes):
             ax = axes[i][j]
             sel = [r for r in rows if r["dtype"] == dt and r["pass"] == ps]
-            labels = ["x".join(map(str, r["shape"][1:])) if len(r["shape"]) == 4
-                      else f"NHWC\nC={r['shape'][1]}" for r in sel]
+            labels = [f"C={r['shape'][1]}\n{r['shape'][2]}x{r['shape'][3]}"
+                      if len(r["shape"]) == 4 else f"NHWC\nC={r['shape'][1]}" for r in sel]
             xs = range(len(sel))
             if any("before" in r for r in sel):
                 ax.bar([x - 0.2 for x in xs], [r.get("before", {}).get("copy_fraction", 0)
