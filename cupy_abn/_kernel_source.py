@@ -144,8 +144,8 @@ def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None
     out.append(f"-DIDX64={int(bool(idx64)) if 'idx' in uses else 0}")
     if "vec" in uses:
         out.append(f"-DVEC={vec_width(store, vector)}")
-    if extrema and "extrema" in uses:   # the finiteness check's variants only
-        out.append("-DEXTREMA=1")
+    if "extrema" in uses:   # 1: the finiteness check's variants
+        out.append(f"-DEXTREMA={int(bool(extrema))}")
     return tuple(out)
 
 

@@ -41,14 +41,22 @@ def test_channels_last_matches_reference_and_numpy(queue, case):
 def _launches(queue, shape, dtype, monkeypatch, mode="inplace"):
     from cupy_abn import _runtime_opencl
     seen = []
-    real = _runtime_opencl.OpenCLRuntime.function
+    real, real_launch = _runtime_opencl.OpenCLRuntime.function, \
+        _runtime_opencl.OpenCLRuntime.launch
+    names = {}   # kernels are built before the first launch: record launches, in order
 
     def spy(self, family, entry, defines):
         vec = [d for d in defines if d.startswith("-DVEC=")]
-        seen.append((entry, vec[0][6:] if vec else None))
-        return real(self, family, entry, defines)
+        fn = real(self, family, entry, defines)
+        names[id(fn)] = (entry, vec[0][6:] if vec else None)
+        return fn
+
+    def launch_spy(self, fn, grid, block, args):
+        seen.append(names[id(fn)])
+        return real_launch(self, fn, grid, block, args)
 
     monkeypatch.setattr(_runtime_opencl.OpenCLRuntime, "function", spy)
+    monkeypatch.setattr(_runtime_opencl.OpenCLRuntime, "launch", launch_spy)
     check_case(Case("path", shape, dtype, "leaky_relu", mode, True), _dev(queue),
                lambda a: a.get())
     return seen

@@ -9,7 +9,8 @@ shapes (recorded from ``KernelBackend`` over a stub runtime):
 - global bytes per element of each pass equal to the minimal traffic (training forward: x
   read twice, z written once; evaluation: x read, z written; backward: z and dz read twice,
   dx written once), from the SASS and counted by Oclgrind on a small tensor;
-- reduction grids at least 90% wave-efficient at the occupancy ptxas's registers give.
+- reduction grids at least 90% wave-efficient at the occupancy ptxas's registers give, unless
+  the grid is as large as the tensor allows (one unrolled iteration per thread);
 
 Skipped, naming CUDA, only where NVRTC or cuobjdump/nvdisasm are missing.
 """
@@ -136,7 +137,11 @@ def test_reduction_grids_fill_whole_waves(passes):
     for p in passes:
         for r in p["launches"]:
             reduction = r["elements"] and not r["tensors_written"]
-            if reduction and r["wave_efficiency"] < 0.9:
+            # A grid as large as the tensor allows (each thread one unrolled iteration, e.g.
+            # channels-last 32x7x7x2048 float16) cannot fill more waves.
+            per_thread = r["elements"] * r["itemsize"] / (r["grid"] * r["block"])
+            work_limited = per_thread <= r["bytes_in_flight_per_thread"]
+            if reduction and r["wave_efficiency"] < 0.9 and not work_limited:
                 bad.add((_name(p), r["entry"], r["grid"], r["block"], r["registers"],
                          r["blocks_per_sm"], round(r["waves"], 3)))
     assert not bad, ("reduction grids below 90% wave efficiency (pass, entry, grid, block, "
