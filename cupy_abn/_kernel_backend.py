@@ -191,9 +191,11 @@ class KernelBackend:
         """16-byte packs when rows are whole packs, every streamed array is aligned, and the
         accumulators of a pack fit (``K.vector_fits``: float64 accumulation of float16/32
         data takes the scalar path)."""
-        _, c, s = G.ncs(shape)
+        n, c, s = G.ncs(shape)
         store = arrays[0].dtype
         vec = K.vec_width(store, True)
+        if s == 1 and not K.last_vector_fits(store, n * c >= K.IDX64_FROM):
+            return False
         return ((c if s == 1 else s) % vec == 0 and (acc is None or K.vector_fits(store, acc))
                 and all(self.rt.aligned(a, K.PACK_BYTES) for a in arrays if a is not None))
 
@@ -236,8 +238,9 @@ class KernelBackend:
 
     def plan(self, shape, dtype=np.float32) -> ReductionPlan:
         """The reduction grid of a training forward on an aligned ``shape`` of ``dtype``."""
-        _, c, s = G.ncs(shape)
-        vector = (c if s == 1 else s) % K.vec_width(dtype, True) == 0
+        n, c, s = G.ncs(shape)
+        vector = ((c if s == 1 else s) % K.vec_width(dtype, True) == 0
+                  and (s != 1 or K.last_vector_fits(dtype, n * c >= K.IDX64_FROM)))
         c, row_len, m, _, idx64 = self._geometry(shape, dtype, vector)
         last = s == 1
         fn = self._fn("channel_moments_last" if last else "channel_moments", store=dtype,

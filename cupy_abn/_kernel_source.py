@@ -172,6 +172,13 @@ def extrema_vector_fits(family: str, store, idx64: bool) -> bool:
     return family != "channel_moments_last"
 
 
+def last_vector_fits(store, idx64: bool) -> bool:
+    """Whether the channels-last kernels may take 16-byte packs: not float16 packs (8
+    channels' constants and sums per thread) with 64-bit indices, which spill on sm_80 and
+    with CUDA 12; those tensors (over 2^31 elements) take the scalar path, still coalesced."""
+    return not (idx64 and vec_width(store, True) == 8)
+
+
 def resident_fits(store, acc, vector: bool) -> bool:
     """Whether the channel-resident kernels hold at least one pack per thread: RES_ELEMS
     (8, or 4 float64 accumulators) elements of VEC-wide packs (channel_resident.cu)."""
@@ -201,6 +208,9 @@ def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
                 continue   # the scalar path (KernelBackend.vector_path)
             if family == "channel_resident" and not resident_fits(xd, acc, vector):
                 continue
+            if (vector and idx64 and family.endswith("_last")
+                    and not last_vector_fits(xd, idx64)):
+                continue   # the scalar path
             for extrema in (False, True) if "extrema" in FILES[family].uses else (False,):
                 if extrema and vector and not extrema_vector_fits(family, xd, idx64):
                     continue   # the scalar path
