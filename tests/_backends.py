@@ -20,6 +20,14 @@ def pocl_queue():
     return None
 
 
+def pocl_queue_or_skip():
+    """The PoCL queue, or a skip naming what to install (tox turns it into a failure)."""
+    q = pocl_queue()
+    if q is None:
+        pytest.skip("no PoCL OpenCL device (pip install pocl-binary-distribution)")
+    return q
+
+
 def gpu_count() -> int:
     """CUDA devices CuPy sees (0 without CuPy or a driver)."""
     try:

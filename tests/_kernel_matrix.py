@@ -190,3 +190,30 @@ OCLGRIND_CASES = [
     Case("handoff", (16, 2, 32, 32), F32, "leaky_relu", "inplace", True),
     Case("handoff", (16, 2, 32, 32), F64, "elu", "standard", True),
 ]
+
+
+def opencl_launches(queue, shape, dtype, monkeypatch, mode: str = "inplace"):
+    """(kernel entry, VEC define) of every launch, in order, of a training forward and
+    backward of ``shape`` on the OpenCL runtime (kernels are built before the first launch,
+    so launches are recorded, not builds)."""
+    import pyopencl.array as cla
+    from cupy_abn import _runtime_opencl
+    rt = _runtime_opencl.OpenCLRuntime
+    real, real_launch = rt.function, rt.launch
+    names, seen = {}, []
+
+    def spy(self, family, entry, defines):
+        vec = [d for d in defines if d.startswith("-DVEC=")]
+        fn = real(self, family, entry, defines)
+        names[id(fn)] = (entry, vec[0][6:] if vec else None)
+        return fn
+
+    def launch_spy(self, fn, grid, block, args):
+        seen.append(names[id(fn)])
+        return real_launch(self, fn, grid, block, args)
+
+    monkeypatch.setattr(rt, "function", spy)
+    monkeypatch.setattr(rt, "launch", launch_spy)
+    check_case(Case("path", shape, dtype, "leaky_relu", mode, True),
+               lambda a: cla.to_device(queue, np.ascontiguousarray(a)), lambda a: a.get())
+    return seen

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import cupy_abn
-from tests._backends import pocl_queue
+from tests._backends import pocl_queue_or_skip
 from tests._cases import make_inputs
-from tests._kernel_matrix import LAST_CASES, Case, check_case
+from tests._kernel_matrix import LAST_CASES, check_case, opencl_launches
 
 cl = pytest.importorskip("pyopencl")
 cla = pytest.importorskip("pyopencl.array")
@@ -17,10 +17,7 @@ cla = pytest.importorskip("pyopencl.array")
 
 @pytest.fixture(scope="module")
 def queue():
-    q = pocl_queue()
-    if q is None:
-        pytest.skip("no PoCL OpenCL device (pip install pocl-binary-distribution)")
-    return q
+    return pocl_queue_or_skip()
 
 
 def _dev(queue):
@@ -38,30 +35,6 @@ def test_channels_last_matches_reference_and_numpy(queue, case):
     check_case(case, _dev(queue), lambda a: a.get())
 
 
-def _launches(queue, shape, dtype, monkeypatch, mode="inplace"):
-    from cupy_abn import _runtime_opencl
-    seen = []
-    real, real_launch = _runtime_opencl.OpenCLRuntime.function, \
-        _runtime_opencl.OpenCLRuntime.launch
-    names = {}   # kernels are built before the first launch: record launches, in order
-
-    def spy(self, family, entry, defines):
-        vec = [d for d in defines if d.startswith("-DVEC=")]
-        fn = real(self, family, entry, defines)
-        names[id(fn)] = (entry, vec[0][6:] if vec else None)
-        return fn
-
-    def launch_spy(self, fn, grid, block, args):
-        seen.append(names[id(fn)])
-        return real_launch(self, fn, grid, block, args)
-
-    monkeypatch.setattr(_runtime_opencl.OpenCLRuntime, "function", spy)
-    monkeypatch.setattr(_runtime_opencl.OpenCLRuntime, "launch", launch_spy)
-    check_case(Case("path", shape, dtype, "leaky_relu", mode, True), _dev(queue),
-               lambda a: a.get())
-    return seen
-
-
 @pytest.mark.parametrize("shape,dtype,vec", [
     ((64, 40), np.float32, "4"), ((64, 48), np.float16, "8"), ((64, 6), np.float64, "2"),
     ((64, 37), np.float32, "1"), ((64, 12), np.float16, "1"), ((8, 16, 1, 1), np.float32, "4")],
@@ -69,7 +42,7 @@ def _launches(queue, shape, dtype, monkeypatch, mode="inplace"):
 def test_channels_last_takes_the_last_kernels(queue, shape, dtype, vec, monkeypatch):
     """S == 1 (2-D x, or 1x1 spatial): the *_last kernels, two launches each way (never the
     resident ones), packs along C when C is a whole number of packs."""
-    seen = _launches(queue, shape, dtype, monkeypatch)
+    seen = opencl_launches(queue, shape, dtype, monkeypatch)
     assert [e for e, _ in seen] == ["channel_moments_last", "normalize_activate_last",
                                     "grad_sums_last", "grad_input_last"], seen
     assert {v for _, v in seen} == {vec}, seen

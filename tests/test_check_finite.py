@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import cupy_abn
-from tests._backends import api_backends, pocl_queue
+from tests._backends import api_backends, pocl_queue_or_skip
 
 # rows-C12: channels-last; float32 packs of 4, float16 single elements (PoCL builds float16
 # channels-last packs slowly: tests/test_channels_last.py covers them).
@@ -142,9 +142,7 @@ def test_kernel_extrema_are_each_channels_min_and_max(shape, dtype):
     """The EXTREMA variants of channel_moments and channel_moments_last: the partials' min
     and max merge to each channel's, with several blocks per channel and both paths."""
     cla = pytest.importorskip("pyopencl.array")
-    queue = pocl_queue()
-    if queue is None:
-        pytest.skip("no PoCL OpenCL device (pip install pocl-binary-distribution)")
+    queue = pocl_queue_or_skip()
     from cupy_abn._kernel_backend import KernelBackend
     from cupy_abn._runtime_opencl import OpenCLRuntime
     x = (np.random.default_rng(5).standard_normal(shape) * 3 + 1).astype(dtype)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import cupy_abn
-from tests._backends import pocl_queue
+from tests._backends import pocl_queue_or_skip
 from tests._cases import make_inputs
 from tests._reference import assert_close
 
@@ -36,10 +36,7 @@ JOBS = [((4, 3, 5, 7), np.float32, "inplace", "leaky_relu", 0.1),
 
 @pytest.fixture(scope="module")
 def queue():
-    q = pocl_queue()
-    if q is None:
-        pytest.skip("no PoCL OpenCL device (pip install pocl-binary-distribution)")
-    return q
+    return pocl_queue_or_skip()
 
 
 def _call(job, seed, to_device, to_host):

@@ -4,8 +4,8 @@ NumPy backend (tests/_kernel_matrix.py)."""
 import numpy as np
 import pytest
 
-from tests._kernel_matrix import BIG, CASES, Case, check_case
-from tests._backends import pocl_queue
+from tests._kernel_matrix import BIG, CASES, Case, check_case, opencl_launches
+from tests._backends import pocl_queue_or_skip
 from tests._cases import make_inputs
 
 cl = pytest.importorskip("pyopencl")
@@ -14,10 +14,7 @@ cla = pytest.importorskip("pyopencl.array")
 
 @pytest.fixture(scope="module")
 def queue():
-    q = pocl_queue()
-    if q is None:
-        pytest.skip("no PoCL OpenCL device (pip install pocl-binary-distribution)")
-    return q
+    return pocl_queue_or_skip()
 
 
 @pytest.fixture(params=["resident", "two-pass"])
@@ -114,32 +111,6 @@ def test_grid_smaller_than_the_rows(queue, shape, monkeypatch):
                        lambda a: a.get())
 
 
-def _launches(queue, shape, dtype, monkeypatch):
-    """(kernel name, VEC define) of every launch of a training forward and backward."""
-    from cupy_abn import _runtime_opencl
-    seen = []
-    real, real_launch = _runtime_opencl.OpenCLRuntime.function, \
-        _runtime_opencl.OpenCLRuntime.launch
-    names = {}   # kernels are built before the first launch: record launches, in order
-
-    def spy(self, family, entry, defines):
-        vec = [d for d in defines if d.startswith("-DVEC=")]
-        fn = real(self, family, entry, defines)
-        names[id(fn)] = (entry, vec[0][6:] if vec else None)
-        return fn
-
-    def launch_spy(self, fn, grid, block, args):
-        seen.append(names[id(fn)])
-        return real_launch(self, fn, grid, block, args)
-
-    monkeypatch.setattr(_runtime_opencl.OpenCLRuntime, "function", spy)
-    monkeypatch.setattr(_runtime_opencl.OpenCLRuntime, "launch", launch_spy)
-    case = Case("path", shape, dtype, "leaky_relu", "inplace", True)
-    check_case(case, lambda a: cla.to_device(queue, np.ascontiguousarray(a)),
-               lambda a: a.get())
-    return seen
-
-
 @pytest.mark.parametrize("shape,dtype,vec", [
     ((2, 3, 8, 8), np.float32, "4"), ((2, 3, 4, 4), np.float16, "8"),
     ((2, 3, 2, 3), np.float64, "2"), ((2, 3, 7, 7), np.float32, "1"),
@@ -148,7 +119,7 @@ def _launches(queue, shape, dtype, monkeypatch):
 def test_launch_logic_picks_the_vector_or_scalar_path(queue, shape, dtype, vec, path,
                                                       monkeypatch):
     """Rows of whole 16-byte packs stream packs; other rows (7x7: 49 elements) elements."""
-    seen = _launches(queue, shape, dtype, monkeypatch)
+    seen = opencl_launches(queue, shape, dtype, monkeypatch)
     streaming = [(e, v) for e, v in seen if v is not None]
     want = ({"normalize_train_resident", "grad_resident"} if path == "resident" else
             {"channel_moments", "normalize_activate", "grad_sums", "grad_input"})
@@ -158,7 +129,7 @@ def test_launch_logic_picks_the_vector_or_scalar_path(queue, shape, dtype, vec, 
 
 def test_a_training_step_takes_two_launches_each_way(queue, monkeypatch):
     """Channels too large for one block: the reductions finish in their last block."""
-    seen = _launches(queue, BIG, np.float32, monkeypatch)
+    seen = opencl_launches(queue, BIG, np.float32, monkeypatch)
     assert [e for e, _ in seen] == ["channel_moments", "normalize_activate", "grad_sums",
                                     "grad_input"], seen
 
@@ -167,7 +138,7 @@ def test_small_channels_take_one_launch_each_way(queue, monkeypatch):
     """32x2048x7x7-like channels (m = 1568 <= 8 elements x 256 threads) are held by one block:
     one launch per pass, x (z, dz) read once."""
     from cupy_abn._kernel_backend import resident_block
-    seen = _launches(queue, (32, 2, 7, 7), np.float32, monkeypatch)
+    seen = opencl_launches(queue, (32, 2, 7, 7), np.float32, monkeypatch)
     assert [e for e, _ in seen] == ["normalize_train_resident", "grad_resident"], seen
     assert resident_block(32 * 49, 1) == 256
     assert resident_block(32 * 784, 1) == 0           # 32x512x28x28: two passes
