@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from .._cli import positive_int
 from .._environment import describe, use_gpu
 from . import memory, network
 from .training import Trainer
@@ -33,16 +34,6 @@ WARMUP = 5            # steps left out of the step time
 MIN_STEPS = WARMUP + 1   # at least one timed step: the summary reports the median step time
 _STEP_ROLES = (f"steps 0-{WARMUP - 1} warm up, step {MEASURED_STEP} also measures memory, "
                f"steps {WARMUP} and later are timed")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _widths(text: str) -> tuple:
@@ -63,13 +54,13 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--steps", type=int, default=300,
                    help=f"training steps per network, at least {MIN_STEPS}: {_STEP_ROLES}")
-    p.add_argument("--batch", type=_positive_int, help="batch size (cpu 16, gpu 64)")
-    p.add_argument("--size", type=_positive_int, help="image height and width (cpu 16, gpu 32)")
+    p.add_argument("--batch", type=positive_int, help="batch size (cpu 16, gpu 64)")
+    p.add_argument("--size", type=positive_int, help="image height and width (cpu 16, gpu 32)")
     p.add_argument("--widths", type=_widths, help="channels per stage, comma separated "
                                                   "(cpu 16,32,64; gpu 64,128,256)")
-    p.add_argument("--blocks", type=_positive_int, default=2, help="residual blocks per stage")
+    p.add_argument("--blocks", type=positive_int, default=2, help="residual blocks per stage")
     p.add_argument("--lr", type=float, default=0.02, help="MomentumSGD learning rate")
-    p.add_argument("--budget-mib", type=_positive_int,
+    p.add_argument("--budget-mib", type=positive_int,
                    help="memory budget for the largest-batch search (cpu 256, gpu 2048)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="demo_out", help="folder for the JSON and the PNG")

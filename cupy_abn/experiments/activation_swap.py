@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from .._cli import positive_int
+
 DEFAULT_OUT = Path("benchmarks") / "results"
 # The supplement's Table 1 (ResNeXt-101 on ImageNet, 224x224 center crop): training and
 # validation activation, top-1, top-5 (%).
@@ -32,28 +34,18 @@ PAPER_TABLE1 = [("relu", "relu", 77.74, 93.86), ("relu", "leaky_relu", 76.88, 93
 ROWS = [(a, b) for a, b, _, _ in PAPER_TABLE1]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m cupy_abn.experiments.activation_swap",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=_positive_int, default=5,
+    p.add_argument("--seeds", type=positive_int, default=5,
                    help="training seeds per network (0 .. N-1; default 5)")
-    p.add_argument("--epochs", type=_positive_int, default=6, help="epochs per run (default 6)")
-    p.add_argument("--batch", type=_positive_int, default=64, help="batch size (default 64)")
+    p.add_argument("--epochs", type=positive_int, default=6, help="epochs per run (default 6)")
+    p.add_argument("--batch", type=positive_int, default=64, help="batch size (default 64)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"folder for the JSON and the PNG (default {DEFAULT_OUT})")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    p.add_argument("--blas-threads", type=_positive_int, default=1,
+    p.add_argument("--blas-threads", type=positive_int, default=1,
                    help="BLAS threads on the CPU (default 1: the convolutions are tiny, and "
                         "more threads only contend)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
