@@ -7,7 +7,8 @@
 #endif
 
 /* Tree min and max of (lo, hi) down the rows of a tile tile_x threads wide (tile_x = 1: the
- * whole block), as channel_tile.cuh merges; fmin/fmax ignore NaN, which the moments report. */
+ * whole block), as tile_merge_moments (channel_reduce.cuh); fmin/fmax ignore NaN, which the
+ * moments report. */
 DEVICE void tile_minmax(SHARED_PTR acc_t *s_lo, SHARED_PTR acc_t *s_hi, unsigned int tile_x,
                         acc_t *lo, acc_t *hi)
 {

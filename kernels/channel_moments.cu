@@ -16,6 +16,20 @@
 /* Packs in flight per thread: cupy_abn/_kernel_backend.py: unroll(). */
 #define UNROLL (VEC == 1 ? 8 : 4)
 
+/* One pack into the lanes' shifted sums; with EXTREMA also the extrema of d. */
+DEVICE void moments_add(const acc_t *v, acc_t sh, acc_t *s1, acc_t *s2, acc_t *lo, acc_t *hi)
+{
+    UNROLLED for (int k = 0; k < VEC; ++k) {
+        const acc_t d = v[k] - sh;
+        s1[k] += d;
+        s2[k] += d * d;
+#if EXTREMA
+        *lo = ACC_FN(fmin)(*lo, d);
+        *hi = ACC_FN(fmax)(*hi, d);
+#endif
+    }
+}
+
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
 void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_len, idx_t m,
                      unsigned int parts, GLOBAL acc_t *count, GLOBAL acc_t *mean,
@@ -52,31 +66,14 @@ void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_l
             load_pack(xc, w.row * plane + w.col, v[u]);
             walk_step(&w);
         }
-        UNROLLED for (int u = 0; u < UNROLL; ++u)
-            UNROLLED for (int k = 0; k < VEC; ++k) {
-                const acc_t d = v[u][k] - sh;
-                s1[k] += d;
-                s2[k] += d * d;
-#if EXTREMA
-                lo = ACC_FN(fmin)(lo, d);
-                hi = ACC_FN(fmax)(hi, d);
-#endif
-            }
+        UNROLLED for (int u = 0; u < UNROLL; ++u) moments_add(v[u], sh, s1, s2, &lo, &hi);
         packs += UNROLL;
     }
     for (; j < m; j += stride) {
         acc_t v[VEC];
         load_pack(xc, w.row * plane + w.col, v);
         walk_step(&w);
-        UNROLLED for (int k = 0; k < VEC; ++k) {
-            const acc_t d = v[k] - sh;
-            s1[k] += d;
-            s2[k] += d * d;
-#if EXTREMA
-            lo = ACC_FN(fmin)(lo, d);
-            hi = ACC_FN(fmax)(hi, d);
-#endif
-        }
+        moments_add(v, sh, s1, s2, &lo, &hi);
         packs += 1;
     }
     acc_t sum1 = 0, sum2 = 0;
@@ -90,7 +87,7 @@ void channel_moments(GLOBAL const store_t *x, unsigned int channels, idx_t row_l
         q = sum2 - sum1 * mu;
         q = q > (acc_t)0 ? q : (acc_t)0;   /* rounding can leave a tiny negative */
     }
-    block_merge_moments(s_n, s_mean, s_m2, &n, &mu, &q);
+    tile_merge_moments(s_n, s_mean, s_m2, 1, &n, &mu, &q);
 #if EXTREMA
     tile_minmax(s_mean, s_m2, 1, &lo, &hi);
 #endif

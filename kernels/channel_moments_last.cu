@@ -9,6 +9,21 @@
 /* Rows in flight per thread: cupy_abn/_kernel_backend.py: unroll(). */
 #define UNROLL (VEC == 1 ? 8 : 4)   /* EXTREMA: VEC == 1 only (_kernel_source.py) */
 
+/* One row's pack into its VEC channels' shifted sums; with EXTREMA also their extrema. */
+DEVICE void moments_add_columns(const acc_t *v, const acc_t *sh, acc_t *s1, acc_t *s2,
+                                acc_t *lo, acc_t *hi)
+{
+    UNROLLED for (int k = 0; k < VEC; ++k) {
+        const acc_t d = v[k] - sh[k];
+        s1[k] += d;
+        s2[k] += d * d;
+#if EXTREMA
+        lo[k] = ACC_FN(fmin)(lo[k], d);
+        hi[k] = ACC_FN(fmax)(hi[k], d);
+#endif
+    }
+}
+
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
 void channel_moments_last(GLOBAL const store_t *x, unsigned int channels, unsigned int packs,
                           idx_t m, unsigned int tile_x, unsigned int parts, GLOBAL acc_t *count,
@@ -29,10 +44,8 @@ void channel_moments_last(GLOBAL const store_t *x, unsigned int channels, unsign
     tile_walk_t w = tile_start(packs, tile_x, parts, &r, &dr);
     acc_t sh[VEC], s1[VEC], s2[VEC];
     UNROLLED for (int k = 0; k < VEC; ++k) sh[k] = s1[k] = s2[k] = 0;
-#if EXTREMA
-    acc_t lo[VEC], hi[VEC];   /* of d = x - shift */
+    acc_t lo[VEC], hi[VEC];   /* EXTREMA: of d = x - shift */
     UNROLLED for (int k = 0; k < VEC; ++k) lo[k] = hi[k] = 0;
-#endif
     unsigned int rows_seen = 0;
     if (w.active) {
         load_pack(x, w.p, sh);   /* row 0: each channel's shift */
@@ -41,29 +54,13 @@ void channel_moments_last(GLOBAL const store_t *x, unsigned int channels, unsign
             acc_t v[UNROLL][VEC];
             UNROLLED for (int u = 0; u < UNROLL; ++u) load_pack(x, i + u * w.di, v[u]);
             UNROLLED for (int u = 0; u < UNROLL; ++u)
-                UNROLLED for (int k = 0; k < VEC; ++k) {
-                    const acc_t d = v[u][k] - sh[k];
-                    s1[k] += d;
-                    s2[k] += d * d;
-#if EXTREMA
-                    lo[k] = ACC_FN(fmin)(lo[k], d);
-                    hi[k] = ACC_FN(fmax)(hi[k], d);
-#endif
-                }
+                moments_add_columns(v[u], sh, s1, s2, lo, hi);
             rows_seen += UNROLL;
         }
         for (; r < m; r += dr, i += w.di) {
             acc_t v[VEC];
             load_pack(x, i, v);
-            UNROLLED for (int k = 0; k < VEC; ++k) {
-                const acc_t d = v[k] - sh[k];
-                s1[k] += d;
-                s2[k] += d * d;
-#if EXTREMA
-                lo[k] = ACC_FN(fmin)(lo[k], d);
-                hi[k] = ACC_FN(fmax)(hi[k], d);
-#endif
-            }
+            moments_add_columns(v, sh, s1, s2, lo, hi);
             rows_seen += 1;
         }
     }

@@ -65,17 +65,19 @@ DEVICE void chan_merge(acc_t *n_a, acc_t *mean_a, acc_t *m2_a, acc_t n_b, acc_t 
     *n_a = n;
 }
 
-/* Tree merge of every thread's (n, mean, m2) into thread 0's, in a fixed order. */
-DEVICE void block_merge_moments(SHARED_PTR acc_t *s_n, SHARED_PTR acc_t *s_mean,
-                                SHARED_PTR acc_t *s_m2,
-                                acc_t *n, acc_t *mean, acc_t *m2)
+/* Tree merge of (n, mean, m2) down the rows of a tile tile_x threads wide, in a fixed order:
+ * the threads of row 0 end with their column's merge (tile_x = 1: the whole block into thread
+ * 0).  The last BARRIER lets a caller reuse the arrays at once. */
+DEVICE void tile_merge_moments(SHARED_PTR acc_t *s_n, SHARED_PTR acc_t *s_mean,
+                               SHARED_PTR acc_t *s_m2, unsigned int tile_x,
+                               acc_t *n, acc_t *mean, acc_t *m2)
 {
     const unsigned int tid = THREAD_ID;
     s_n[tid] = *n;
     s_mean[tid] = *mean;
     s_m2[tid] = *m2;
     BARRIER();
-    for (unsigned int half_size = BLOCK_SIZE / 2; half_size > 0; half_size >>= 1) {
+    for (unsigned int half_size = BLOCK_SIZE / 2; half_size >= tile_x; half_size >>= 1) {
         if (tid < half_size) {
             chan_merge(n, mean, m2, s_n[tid + half_size], s_mean[tid + half_size],
                        s_m2[tid + half_size]);
@@ -87,14 +89,15 @@ DEVICE void block_merge_moments(SHARED_PTR acc_t *s_n, SHARED_PTR acc_t *s_mean,
     }
 }
 
-/* Tree sum of every thread's (a, b) into thread 0's, in a fixed order. */
-DEVICE void block_sum2(SHARED_PTR acc_t *s_a, SHARED_PTR acc_t *s_b, acc_t *a, acc_t *b)
+/* Tree sum of (a, b) down the rows of a tile, as tile_merge_moments. */
+DEVICE void tile_sum2(SHARED_PTR acc_t *s_a, SHARED_PTR acc_t *s_b, unsigned int tile_x,
+                      acc_t *a, acc_t *b)
 {
     const unsigned int tid = THREAD_ID;
     s_a[tid] = *a;
     s_b[tid] = *b;
     BARRIER();
-    for (unsigned int half_size = BLOCK_SIZE / 2; half_size > 0; half_size >>= 1) {
+    for (unsigned int half_size = BLOCK_SIZE / 2; half_size >= tile_x; half_size >>= 1) {
         if (tid < half_size) {
             *a += s_a[tid + half_size];
             *b += s_b[tid + half_size];

@@ -70,7 +70,7 @@ void normalize_train_resident(GLOBAL const store_t *x, GLOBAL store_t *out,
         q = s2 - s1 * mu;
         q = q > (acc_t)0 ? q : (acc_t)0;
     }
-    block_merge_moments(s_n, s_mean, s_m2, &n, &mu, &q);
+    tile_merge_moments(s_n, s_mean, s_m2, 1, &n, &mu, &q);
     if (THREAD_ID == 0) {
         const channel_params p = channel_params_of(gamma, beta, running_mean, running_var);
         finish_moments(n, mu, q, c, channels, sh, p, update_running, eps, decay,
@@ -109,14 +109,7 @@ void grad_resident(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL con
     const idx_t plane = (idx_t)channels * row_len;
     acc_t vz[RES_PACKS][VEC], vdz[RES_PACKS][VEC], vx[RES_PACKS][VEC];
     {
-        RESIDENT_PACKS(k, w) {
-            const idx_t i = w.row * plane + w.col;
-            load_pack(zc, i, vz[k]);
-            load_pack(dzc, i, vdz[k]);
-#if T_KIND == T_XHAT_FROM_X
-            load_pack(xc, i, vx[k]);
-#endif
-        }
+        RESIDENT_PACKS(k, w) load_terms(zc, dzc, xc, w.row * plane + w.col, vz[k], vdz[k], vx[k]);
     }
     acc_t sdy = 0, sdt = 0;
     UNROLLED for (int k = 0; k < RES_PACKS; ++k)
@@ -128,7 +121,7 @@ void grad_resident(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL con
                 sdy += dy;
                 sdt += dy * t;
             }
-    block_sum2(s_a, s_b, &sdy, &sdt);
+    tile_sum2(s_a, s_b, 1, &sdy, &sdt);
     if (THREAD_ID == 0) {
         finish_grad_sums(sdy, sdt, c, channels, stats, gamma, m_count, training, abs_gamma,
                          dgamma, dbeta, coef);

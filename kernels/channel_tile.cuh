@@ -26,48 +26,6 @@ DEVICE tile_walk_t tile_start(unsigned int packs, unsigned int tile_x, unsigned 
     return w;
 }
 
-/* Tree merge of (n, mean, m2) down the tile's rows, in a fixed order: threads of row 0 end
- * with their column's merge.  The last BARRIER lets a caller reuse the arrays at once. */
-DEVICE void tile_merge_moments(SHARED_PTR acc_t *s_n, SHARED_PTR acc_t *s_mean,
-                               SHARED_PTR acc_t *s_m2, unsigned int tile_x,
-                               acc_t *n, acc_t *mean, acc_t *m2)
-{
-    const unsigned int tid = THREAD_ID;
-    s_n[tid] = *n;
-    s_mean[tid] = *mean;
-    s_m2[tid] = *m2;
-    BARRIER();
-    for (unsigned int half_size = BLOCK_SIZE / 2; half_size >= tile_x; half_size >>= 1) {
-        if (tid < half_size) {
-            chan_merge(n, mean, m2, s_n[tid + half_size], s_mean[tid + half_size],
-                       s_m2[tid + half_size]);
-            s_n[tid] = *n;
-            s_mean[tid] = *mean;
-            s_m2[tid] = *m2;
-        }
-        BARRIER();
-    }
-}
-
-/* Tree sum of (a, b) down the tile's rows, as tile_merge_moments. */
-DEVICE void tile_sum2(SHARED_PTR acc_t *s_a, SHARED_PTR acc_t *s_b, unsigned int tile_x,
-                      acc_t *a, acc_t *b)
-{
-    const unsigned int tid = THREAD_ID;
-    s_a[tid] = *a;
-    s_b[tid] = *b;
-    BARRIER();
-    for (unsigned int half_size = BLOCK_SIZE / 2; half_size >= tile_x; half_size >>= 1) {
-        if (tid < half_size) {
-            *a += s_a[tid + half_size];
-            *b += s_b[tid + half_size];
-            s_a[tid] = *a;
-            s_b[tid] = *b;
-        }
-        BARRIER();
-    }
-}
-
 /* Called by every thread of a block after the row-0 threads published their columns'
  * partials: true in the one block of the tile that arrives last (then every partial of the
  * tile's channels may be collected), false everywhere when finish == 0.  `arrivals` (one per

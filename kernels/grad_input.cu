@@ -22,14 +22,8 @@ void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const 
         for (idx_t j = lane; j < row_len; j += UNROLL * row_threads) {
             acc_t vz[UNROLL][VEC], vdz[UNROLL][VEC], vx[UNROLL][VEC];
             UNROLLED for (int u = 0; u < UNROLL; ++u)
-                if (j + u * row_threads < row_len) {
-                    const idx_t i = base + j + u * row_threads;
-                    load_pack(z, i, vz[u]);
-                    load_pack(dz, i, vdz[u]);
-#if T_KIND == T_XHAT_FROM_X
-                    load_pack(x, i, vx[u]);
-#endif
-                }
+                if (j + u * row_threads < row_len)
+                    load_terms(z, dz, x, base + j + u * row_threads, vz[u], vdz[u], vx[u]);
             UNROLLED for (int u = 0; u < UNROLL; ++u)
                 if (j + u * row_threads < row_len) {
                     UNROLLED for (int k = 0; k < VEC; ++k) {

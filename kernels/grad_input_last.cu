@@ -30,13 +30,7 @@ void grad_input_last(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL c
     for (; r < m; r += UNROLL * dr, i += UNROLL * w.di) {
         acc_t vz[UNROLL][VEC], vdz[UNROLL][VEC], vx[UNROLL][VEC];
         UNROLLED for (int u = 0; u < UNROLL; ++u)
-            if (r + u * dr < m) {
-                load_pack(z, i + u * w.di, vz[u]);
-                load_pack(dz, i + u * w.di, vdz[u]);
-#if T_KIND == T_XHAT_FROM_X
-                load_pack(x, i + u * w.di, vx[u]);
-#endif
-            }
+            if (r + u * dr < m) load_terms(z, dz, x, i + u * w.di, vz[u], vdz[u], vx[u]);
         UNROLLED for (int u = 0; u < UNROLL; ++u)
             if (r + u * dr < m) {
                 UNROLLED for (int k = 0; k < VEC; ++k) {

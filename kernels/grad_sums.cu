@@ -6,14 +6,16 @@
  * grad_input.  Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC),
  * activation.cuh, channel_reduce.cuh, grad_terms.cuh, channel_grads.cuh, T_KIND. */
 
-DEVICE void load_terms(GLOBAL const store_t *z, GLOBAL const store_t *dz,
-                       GLOBAL const store_t *x, idx_t i, acc_t *vz, acc_t *vdz, acc_t *vx)
+/* One pack's dy and dy * t into the lanes' sums a, at. */
+DEVICE void grads_add(const acc_t *vz, const acc_t *vdz, const acc_t *vx, acc_t param,
+                      acc_t rparam, acc_t t_shift, acc_t t_scale, acc_t *a, acc_t *at)
 {
-    load_pack(z, i, vz);
-    load_pack(dz, i, vdz);
-#if T_KIND == T_XHAT_FROM_X
-    load_pack(x, i, vx);
-#endif
+    UNROLLED for (int k = 0; k < VEC; ++k) {
+        acc_t dy, t;
+        grad_terms(vz[k], vdz[k], vx[k], param, rparam, t_shift, t_scale, &dy, &t);
+        a[k] += dy;
+        at[k] += dy * t;
+    }
 }
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
@@ -49,31 +51,20 @@ void grad_sums(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const s
             walk_step(&w);
         }
         UNROLLED for (int u = 0; u < UNROLL; ++u)
-            UNROLLED for (int k = 0; k < VEC; ++k) {
-                acc_t dy, t;
-                grad_terms(vz[u][k], vdz[u][k], vx[u][k], param, rparam, t_shift, t_scale,
-                           &dy, &t);
-                a[k] += dy;
-                at[k] += dy * t;
-            }
+            grads_add(vz[u], vdz[u], vx[u], param, rparam, t_shift, t_scale, a, at);
     }
     for (; j < m; j += stride) {
         acc_t vz[VEC], vdz[VEC], vx[VEC];
         load_terms(zc, dzc, xc, w.row * plane + w.col, vz, vdz, vx);
         walk_step(&w);
-        UNROLLED for (int k = 0; k < VEC; ++k) {
-            acc_t dy, t;
-            grad_terms(vz[k], vdz[k], vx[k], param, rparam, t_shift, t_scale, &dy, &t);
-            a[k] += dy;
-            at[k] += dy * t;
-        }
+        grads_add(vz, vdz, vx, param, rparam, t_shift, t_scale, a, at);
     }
     acc_t sdy = 0, sdt = 0;
     UNROLLED for (int k = 0; k < VEC; ++k) {
         sdy += a[k];
         sdt += at[k];
     }
-    block_sum2(s_dy, s_dyt, &sdy, &sdt);
+    tile_sum2(s_dy, s_dyt, 1, &sdy, &sdt);
     if (tid != 0) return;
     publish(sum_dy + c * parts + b, sdy);
     publish(sum_dy_t + c * parts + b, sdt);

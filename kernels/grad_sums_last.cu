@@ -11,14 +11,17 @@
 #undef UNROLL
 #define UNROLL (VEC == 1 ? 4 : (VEC * GRAD_STREAMS * (1 + IDX64) > 8 ? 1 : 2))
 
-DEVICE void load_terms_last(GLOBAL const store_t *z, GLOBAL const store_t *dz,
-                            GLOBAL const store_t *x, idx_t i, acc_t *vz, acc_t *vdz, acc_t *vx)
+/* One row's pack: dy and dy * t of its VEC channels into their sums a, at. */
+DEVICE void grads_add_columns(const acc_t *vz, const acc_t *vdz, const acc_t *vx,
+                              acc_t param, acc_t rparam, const acc_t *t_shift, acc_t *a,
+                              acc_t *at)
 {
-    load_pack(z, i, vz);
-    load_pack(dz, i, vdz);
-#if T_KIND == T_XHAT_FROM_X
-    load_pack(x, i, vx);
-#endif
+    UNROLLED for (int k = 0; k < VEC; ++k) {
+        acc_t dy, t;
+        grad_terms(vz[k], vdz[k], vx[k], param, rparam, t_shift[k], (acc_t)1, &dy, &t);
+        a[k] += dy;
+        at[k] += dy * t;
+    }
 }
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
@@ -47,25 +50,14 @@ void grad_sums_last(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL co
         for (; r + (UNROLL - 1) * dr < m; r += UNROLL * dr, i += UNROLL * w.di) {
             acc_t vz[UNROLL][VEC], vdz[UNROLL][VEC], vx[UNROLL][VEC];
             UNROLLED for (int u = 0; u < UNROLL; ++u)
-                load_terms_last(z, dz, x, i + u * w.di, vz[u], vdz[u], vx[u]);
+                load_terms(z, dz, x, i + u * w.di, vz[u], vdz[u], vx[u]);
             UNROLLED for (int u = 0; u < UNROLL; ++u)
-                UNROLLED for (int k = 0; k < VEC; ++k) {
-                    acc_t dy, t;
-                    grad_terms(vz[u][k], vdz[u][k], vx[u][k], param, rparam, t_shift[k],
-                               (acc_t)1, &dy, &t);
-                    a[k] += dy;
-                    at[k] += dy * t;
-                }
+                grads_add_columns(vz[u], vdz[u], vx[u], param, rparam, t_shift, a, at);
         }
         for (; r < m; r += dr, i += w.di) {
             acc_t vz[VEC], vdz[VEC], vx[VEC];
-            load_terms_last(z, dz, x, i, vz, vdz, vx);
-            UNROLLED for (int k = 0; k < VEC; ++k) {
-                acc_t dy, t;
-                grad_terms(vz[k], vdz[k], vx[k], param, rparam, t_shift[k], (acc_t)1, &dy, &t);
-                a[k] += dy;
-                at[k] += dy * t;
-            }
+            load_terms(z, dz, x, i, vz, vdz, vx);
+            grads_add_columns(vz, vdz, vx, param, rparam, t_shift, a, at);
         }
     }
     UNROLLED for (int k = 0; k < VEC; ++k) {
@@ -84,7 +76,8 @@ void grad_sums_last(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL co
 #if T_KIND == T_U
             publish(sum_dy_t + at_, s_col_dyt[THREAD_ID * VEC + k]);
 #else
-            publish(sum_dy_t + at_, s_col_dyt[THREAD_ID * VEC + k] * t_scale_of(stats, c, channels));
+            publish(sum_dy_t + at_,
+                    s_col_dyt[THREAD_ID * VEC + k] * t_scale_of(stats, c, channels));
 #endif
         }
     const int last = tile_arrived_last(arrivals, w.tile, parts, finish, &s_last);

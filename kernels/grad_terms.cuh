@@ -13,6 +13,17 @@
  * the scalar path.  cupy_abn/_kernel_backend.py: unroll(). */
 #define GRAD_STREAMS (T_KIND == T_XHAT_FROM_X ? 3 : 2)
 #define UNROLL (VEC == 1 ? 4 : (VEC * GRAD_STREAMS * (1 + IDX64) > 16 ? 1 : 2))
+/* Pack i of z and dz, and of x for plain ABN (T_XHAT_FROM_X), the one place x is read. */
+DEVICE void load_terms(GLOBAL const store_t *z, GLOBAL const store_t *dz,
+                       GLOBAL const store_t *x, idx_t i, acc_t *vz, acc_t *vdz, acc_t *vx)
+{
+    load_pack(z, i, vz);
+    load_pack(dz, i, vdz);
+#if T_KIND == T_XHAT_FROM_X
+    load_pack(x, i, vx);
+#endif
+}
+
 DEVICE void grad_terms(acc_t z, acc_t dz, acc_t x, acc_t param, acc_t rparam, acc_t t_shift,
                        acc_t t_scale, acc_t *dy, acc_t *t)
 {
