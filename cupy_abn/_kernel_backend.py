@@ -42,6 +42,13 @@ from ._state import N_ROWS, T_XHAT_FROM_X
 MAX_BLOCK = 256            # kernels/storage.h MAX_BLOCK: shared memory and launch bounds
 MIN_BLOCK = 32
 MAX_PARTS = 1024           # partials per channel
+# Packs a reduction thread sums into one accumulator (one per pack lane) before the block's
+# Chan merge.  The shifted sums lose accuracy with their length, times 1 + ((shift - mean) /
+# std)^2 where the channel's shift (its first element) is far from its mean: float16 channels
+# of 2^21 elements, 64 channels, on PoCL gave a batch variance 4.8e-6 relative off with 1,024
+# packs per thread, 1.4e-6 with 256 (NumPy: 1e-7); 2^16 packs gave 1e-4.  It binds only where
+# a channel has over block * 2^8 packs, and changes none of the benchmark shapes' grids.
+MAX_THREAD_PACKS = 2 ** 8
 MIN_WAVE_EFFICIENCY = 0.9  # reduction grids: blocks / (waves * resident blocks)
 N_COEF = 5                 # kernels/storage.h COEF_A .. COEF_T1: dx = (dy - t*A - B) * K
 MAX_ROW_GRID = 2 ** 31 - 1   # elementwise grids: blocks beyond it loop over further rows
@@ -121,15 +128,17 @@ def wave_efficiency(blocks: int, slots: int) -> float:
 @functools.lru_cache(maxsize=1024)   # pure: plans repeat every step
 def reduction_parts(m_packs: int, channels: int, block: int, unroll: int, slots: int) -> int:
     """Blocks per channel: the fewest that fill the GPU's ``slots`` resident blocks to whole
-    waves (>= 90% busy), each thread keeping at least one full unrolled iteration; failing
-    that, the most wave-efficient count.
+    waves (>= 90% busy), each thread keeping at least one full unrolled iteration and at most
+    ``MAX_THREAD_PACKS`` packs (up to ``MAX_PARTS``); failing that, the most wave-efficient
+    count.
 
     32x64x112x112 float32 on 132 SMs with 4 resident blocks (528 slots): B = 8, one wave of
     512 blocks; 32x2048x7x7: B = 1, 2048 blocks in 3.9 waves.
     """
     limit = max(1, min(MAX_PARTS, m_packs // (block * unroll)))
-    best, best_eff = 1, -1.0
-    for parts in range(1, limit + 1):
+    fewest = min(limit, max(1, -(-m_packs // (block * MAX_THREAD_PACKS))))
+    best, best_eff = fewest, -1.0
+    for parts in range(fewest, limit + 1):
         blocks = channels * parts
         eff = wave_efficiency(blocks, slots)
         if blocks >= MIN_WAVE_EFFICIENCY * slots and eff >= MIN_WAVE_EFFICIENCY:

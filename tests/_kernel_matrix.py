@@ -11,7 +11,7 @@ import numpy as np
 
 import cupy_abn
 from tests._cases import ACTIVATIONS, SHAPES, case_id, make_inputs, rng_for
-from tests._reference import TOL, assert_close, ref_backward, ref_forward
+from tests._reference import assert_close, ref_backward, ref_forward
 
 F16, F32, F64 = np.float16, np.float32, np.float64
 

@@ -21,7 +21,6 @@ import pytest
 import cupy_abn
 from tests._backends import pocl_queue_or_skip
 from tests._cases import make_inputs
-from tests._reference import assert_close
 
 THREADS = 6
 ROUNDS = 4
