@@ -173,8 +173,14 @@ def test_parameters_and_persistents_like_batch_normalization():
         np.testing.assert_array_equal(layer.gamma.array, 1)
     assert C.InPlaceABN(3, dtype=np.float16).gamma.dtype == np.float16
     assert C.InPlaceABN(3, initial_gamma=2.0, initial_beta=0.5).beta.array[0] == 0.5
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(ValueError, match="use ABN for the standard mode"):
         C.InPlaceABN(3, mode="standard")
+    # L.BatchNormalization's positional order, then activation, slope and mode
+    positional = C.InPlaceABN(3, 0.8, 1e-4, None, True, True, None, None, "elu", 0.5,
+                              "inplace_v1")
+    assert (positional.decay, positional.eps, positional.mode) == (0.8, 1e-4, "inplace_v1")
+    assert (positional.activation, positional.activation_param) == ("elu", 0.5)
+    assert C.ABN(3, mode="inplace").mode == "inplace"
 
 
 def test_float16_input_with_float32_parameters():

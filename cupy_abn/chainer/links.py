@@ -24,6 +24,11 @@ from .. import _validation
 from .._activations import ACTIVATIONS
 from . import _graph, functions
 
+# Default gamma and beta: Chainer's stubs type initializer scalars as numbers.Number, which
+# mypy does not take int to be.
+_ONE: Any = 1
+_ZERO: Any = 0
+
 
 _TEST_ARG = ("test argument is not supported anymore (Chainer v2 and later); use "
              "chainer.using_config('train', False)")
@@ -71,6 +76,8 @@ class _SwappedActivation(chainer.FunctionNode):
 
 class _ABNLink(chainer.Link):
     _mode = "standard"
+    _modes: Tuple[str, ...] = _validation.MODES   # the modes this class accepts
+    _modes_hint = ""
     _size_or_axis = True   # L.BatchNormalization needs one (the synchronized link: axis 1)
     # As in L.BatchNormalization: None when use_gamma / use_beta is False.
     gamma = None
@@ -86,6 +93,7 @@ class _ABNLink(chainer.Link):
         if size is None and axis is None and self._size_or_axis:   # as L.BatchNormalization
             raise RuntimeError("size or axis is required")
         self.mode = self._mode if mode is None else mode
+        _validation.check_mode(self.mode, self._modes, self._modes_hint)
         # A bad mode or activation fails here, not at the first call.
         _validation.check_activation(activation, activation_param, self.mode)
         self.decay, self.eps = decay, eps
@@ -99,15 +107,16 @@ class _ABNLink(chainer.Link):
         self.register_persistent("N")
         with self.init_scope():
             if use_gamma:
-                g = initializers._get_initializer(1 if initial_gamma is None else initial_gamma)
+                g = initializers._get_initializer(_ONE if initial_gamma is None else initial_gamma)
                 g.dtype = self._dtype
                 self.gamma = chainer.Parameter(g)
             if use_beta:
-                b = initializers._get_initializer(0 if initial_beta is None else initial_beta)
+                b = initializers._get_initializer(_ZERO if initial_beta is None else initial_beta)
                 b.dtype = self._dtype
                 self.beta = chainer.Parameter(b)
         # size=None: parameters and statistics are created at the first call, from x.
-        self.avg_mean = self.avg_var = None
+        self.avg_mean: Any = None   # arrays once the size is known
+        self.avg_var: Any = None
         if size is not None:
             self._initialize_params(size)
         self.register_persistent("avg_mean")
@@ -288,12 +297,8 @@ class InPlaceABN(_ABNLink):
     ``"inplace"`` (INPLACE-ABN II, default) or ``"inplace_v1"`` (INPLACE-ABN I).
     """
     _mode = "inplace"
-
-    def __init__(self, size: Optional[Any] = None, *args, mode: str = "inplace",
-                 **kwargs):
-        _validation.check_mode(mode, _validation.IN_PLACE_MODES,
-                               "use ABN for the standard mode")
-        super().__init__(size, *args, mode=mode, **kwargs)
+    _modes = _validation.IN_PLACE_MODES
+    _modes_hint = "use ABN for the standard mode"
 
     @classmethod
     def from_batch_normalization(cls, bn: "chainer.links.BatchNormalization",
@@ -328,9 +333,10 @@ class InPlaceABN(_ABNLink):
                     activation_param=activation_param, mode=mode)
         layer.to_device(chainer.backend.get_device_from_array(bn.avg_mean))
         xp = layer.xp
-        scale = xp.asarray(bn.gamma.array if getattr(bn, "gamma", None) is not None
+        bn_gamma, bn_beta = getattr(bn, "gamma", None), getattr(bn, "beta", None)
+        scale = xp.asarray(bn_gamma.array if bn_gamma is not None
                            else xp.ones(size, dtype)).astype(dtype)
-        shift = xp.asarray(bn.beta.array if getattr(bn, "beta", None) is not None
+        shift = xp.asarray(bn_beta.array if bn_beta is not None
                            else xp.zeros(size, dtype)).astype(dtype)
         bad = int((scale < bn.eps).sum())
         if bad:
@@ -338,8 +344,11 @@ class InPlaceABN(_ABNLink):
                           f"below eps={bn.eps} (zero or negative); InPlaceABN's scale "
                           "|gamma| + eps cannot represent them and uses eps instead",
                           UserWarning, stacklevel=2)
-        layer.gamma.array[...] = xp.maximum(scale - dtype.type(bn.eps), 0)
-        layer.beta.array[...] = shift
+        # use_gamma, use_beta and a size: both parameters exist and are initialized
+        gamma: Any = layer.gamma
+        beta: Any = layer.beta
+        gamma.array[...] = xp.maximum(scale - dtype.type(bn.eps), 0)
+        beta.array[...] = shift
         layer.avg_mean[...] = bn.avg_mean
         layer.avg_var[...] = bn.avg_var
         layer.N = bn.N
