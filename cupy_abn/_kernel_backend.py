@@ -176,6 +176,16 @@ def resident_block(m_packs: int, vec: int, max_block: int = RES_MAX_BLOCK,
     return block if block <= min(RES_MAX_BLOCK, max_block) else 0
 
 
+def _rows_fit_packs(shape, dtype) -> bool:
+    """The shape's part of the vector-path decision: rows (S, or C for channels-last x) of
+    whole 16-byte packs, and not the channels-last float16 packs with 64-bit indices that
+    ``K.last_vector_fits`` excludes."""
+    n, c, s = G.ncs(shape)
+    if s == 1 and not K.last_vector_fits(dtype, n * c >= K.IDX64_FROM):
+        return False
+    return (c if s == 1 else s) % K.vec_width(dtype, True) == 0
+
+
 class KernelBackend:
     """The stages of ``cupy_abn.api`` as kernel launches on ``runtime``."""
 
@@ -200,12 +210,8 @@ class KernelBackend:
         """16-byte packs when rows are whole packs, every streamed array is aligned, and the
         accumulators of a pack fit (``K.vector_fits``: float64 accumulation of float16/32
         data takes the scalar path)."""
-        n, c, s = G.ncs(shape)
         store = arrays[0].dtype
-        vec = K.vec_width(store, True)
-        if s == 1 and not K.last_vector_fits(store, n * c >= K.IDX64_FROM):
-            return False
-        return ((c if s == 1 else s) % vec == 0 and (acc is None or K.vector_fits(store, acc))
+        return (_rows_fit_packs(shape, store) and (acc is None or K.vector_fits(store, acc))
                 and all(self.rt.aligned(a, K.PACK_BYTES) for a in arrays if a is not None))
 
     def _geometry(self, shape, dtype, vector):
@@ -247,11 +253,9 @@ class KernelBackend:
 
     def plan(self, shape, dtype=np.float32) -> ReductionPlan:
         """The reduction grid of a training forward on an aligned ``shape`` of ``dtype``."""
-        n, c, s = G.ncs(shape)
-        vector = ((c if s == 1 else s) % K.vec_width(dtype, True) == 0
-                  and (s != 1 or K.last_vector_fits(dtype, n * c >= K.IDX64_FROM)))
+        vector = _rows_fit_packs(shape, dtype)
         c, row_len, m, _, idx64 = self._geometry(shape, dtype, vector)
-        last = s == 1
+        last = channels_last(shape)
         fn = self._fn("channel_moments_last" if last else "channel_moments", store=dtype,
                       param=accum_dtype(dtype), idx64=idx64, vector=vector)
         u = unroll("forward", K.vec_width(dtype, vector))

@@ -208,8 +208,7 @@ def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
                 continue   # the scalar path (KernelBackend.vector_path)
             if family == "channel_resident" and not resident_fits(xd, acc, vector):
                 continue
-            if (vector and idx64 and family.endswith("_last")
-                    and not last_vector_fits(xd, idx64)):
+            if vector and family.endswith("_last") and not last_vector_fits(xd, idx64):
                 continue   # the scalar path
             for extrema in (False, True) if "extrema" in FILES[family].uses else (False,):
                 if extrema and vector and not extrema_vector_fits(family, xd, idx64):

@@ -29,8 +29,8 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
-import threading
 import resource
+import threading
 import time
 
 import numpy as np
@@ -129,7 +129,7 @@ class _Pocl:
         limit = int(self.queue.device.max_mem_alloc_size)
         assert limit >= nbytes, (
             f"{OPT_IN}=1, but PoCL's CL_DEVICE_MAX_MEM_ALLOC_SIZE is {limit} bytes, below one "
-            f"{nbytes}-byte tensor (PoCL allows a quarter of its global memory, "
+            f"{nbytes}-byte tensor (its global memory: "
             f"{int(self.queue.device.global_mem_size)} bytes)")
         return True, ""
 
