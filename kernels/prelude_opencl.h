@@ -13,9 +13,11 @@
 #define BLOCK_ID ((unsigned int)get_group_id(0))
 #define BLOCK_SIZE ((unsigned int)get_local_size(0))
 #define GRID_SIZE ((unsigned int)get_num_groups(0))
-/* Loops over packs and lanes are unrolled so that their arrays stay in registers (an
- * array indexed in a loop the compiler keeps would live in local memory). */
-#define UNROLLED _Pragma("unroll")
+/* No unroll hint here: on a GPU it keeps the pack arrays in registers (prelude_cuda.cuh);
+ * on PoCL it changes nothing computed, but its LLVM took 80 s to unroll grad_sums_last's
+ * nested float16 pack loops (VEC 8 inside UNROLL 4) and a minute more at the first launch,
+ * against 1 s without it. */
+#define UNROLLED
 #define ROLLED
 #define LAUNCH_BOUNDS(max_threads, min_blocks)
 #define FENCE_GLOBAL() mem_fence(CLK_GLOBAL_MEM_FENCE)

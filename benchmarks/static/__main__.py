@@ -1,4 +1,8 @@
-"""Command line of the static report: ``python -m benchmarks.static --help``."""
+"""Command line of the static report: ``python -m benchmarks.static --help``.
+
+    python -m benchmarks.static            # regenerate benchmarks/results/static_report.*
+    python -m benchmarks.static --check    # the committed report still holds (about a minute)
+"""
 from __future__ import annotations
 
 import argparse
@@ -75,11 +79,35 @@ def collect_revision(rev: str, modes) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _before(args, modes):
+    """(rows by pass key, header) of the older tree: collected live (``--before REV``) or
+    carried over from a report file (``--before-from``)."""
+    from . import compact, summary
+    if args.before_from:
+        doc = json.loads(Path(args.before_from).read_text())
+        return compact.before_rows(doc), compact.before_header(doc)
+    if args.before.lower() == "none":
+        return {}, None
+    tree = collect_revision(args.before, modes)
+    t = tree["tree"]
+    return summary.before_of(tree), {"revision": t.get("revision", t["commit"]),
+                                     "commit": t["commit"], "subject": t["subject"]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.static", description=__doc__)
+    ap.add_argument("--check", action="store_true",
+                    help="check the committed report against this tree (its inputs' hash, "
+                         "the passes, the facts, a recompiled sample) instead of writing one")
+    ap.add_argument("--report", default=str(ROOT / "benchmarks" / "results" /
+                                            "static_report.json"),
+                    help="the report --check reads")
     ap.add_argument("--before", default=DEFAULT_BEFORE,
                     help=f"git revision to compare with (default {DEFAULT_BEFORE}); "
                          f"'none' to skip")
+    ap.add_argument("--before-from", metavar="JSON",
+                    help="take the before numbers from this report instead of compiling "
+                         "--before (the older tree's numbers do not change with this tree)")
     ap.add_argument("--after", default=None,
                     help="git revision to report instead of this working tree")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"),
@@ -88,7 +116,10 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", metavar="JSON", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    from . import summary
+    if args.check:
+        from .check import run
+        return run(Path(args.report), _bar_factory())
+    from . import compact, summary
     from .sass import tools_missing
     missing = tools_missing()
     if missing:
@@ -98,20 +129,20 @@ def main(argv=None) -> int:
         collect_here(args.worker, args.modes)
         return 0
     t0 = time.perf_counter()
+    before_rows, before_header = _before(args, args.modes)
     after = (collect_revision(args.after, args.modes) if args.after
              else collect_here(None, args.modes))
-    before = (None if args.before.lower() == "none"
-              else collect_revision(args.before, args.modes))
-    report = summary.report(after, before, time.perf_counter() - t0)
+    head = summary.header(time.perf_counter() - t0, after["tree"], after["nvrtc"],
+                          after["inputs"], before_header, args.modes)
+    doc = compact.encode(after["variants"], summary.table(after["passes"], before_rows), head)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # one item per line, no padding: 1-2 MB rather than 3
-    (out / "static_report.json").write_text(json.dumps(report, indent=0,
-                                                       separators=(",", ":")) + "\n")
-    summary.plot(report, out / "static_report.png")
-    print(summary.markdown(report))
-    print(f"wrote {out / 'static_report.json'} and {out / 'static_report.png'} "
-          f"({time.perf_counter() - t0:.0f} s)")
+    compact.write(doc, out / "static_report.json")
+    summary.plot(doc, out / "static_report.png")
+    print(summary.markdown(doc))
+    size = (out / "static_report.json").stat().st_size
+    print(f"wrote {out / 'static_report.json'} ({size / 1e6:.2f} MB) and "
+          f"{out / 'static_report.png'} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 

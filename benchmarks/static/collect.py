@@ -210,16 +210,20 @@ def _pass_list(modes):
             for p in L.PASSES]
 
 
-def record_launches(variants: List[dict], major: int, sms: int = model.SMS, modes=MODES
-                    ) -> List[Tuple[tuple, List[L.Launch]]]:
+def record_launches(variants: List[dict], major: int, sms: int = model.SMS, modes=MODES,
+                    compile_missing: bool = True) -> List[Tuple[tuple, List[L.Launch]]]:
     """The launches of every benchmark pass, planned with the occupancy of NVRTC ``major``'s
-    sm_90 cubins (a variant missing from ``variants`` is compiled and added)."""
+    sm_90 cubins (a variant missing from ``variants`` is compiled and added, or, with
+    ``compile_missing=False``, raises KeyError)."""
     index = _index(variants)
     target = _nvrtc.Target(PRIMARY[1], "cubin")
 
     def occupancy_of(fn: L.Fn, block: int) -> int:
         key = (major, target.name, fn.family, fn.defines)
         if key not in index:
+            if not compile_missing:
+                raise KeyError(f"variant not in the report: NVRTC {major} {fn.family} "
+                               f"{' '.join(fn.defines)}")
             v = _analyse((major, fn.family, fn.defines, target))
             variants.append(v)
             index[key] = v
@@ -299,8 +303,11 @@ def collect(root: str, progress_factory=None, modes=MODES) -> dict:
     passes = []
     for major in sorted(found):
         passes += build_passes(variants, major, recorded[major])
-    return {"tree": dict(git_describe(root), root=root),
-            "nvrtc": {str(m): {"version": ".".join(map(str, nv.version)), "path": nv.path,
+    from . import inputs as I
+    parts = I.parts(found)
+    return {"tree": git_describe(root),
+            "nvrtc": {str(m): {"version": ".".join(map(str, nv.version)),
                                "targets": [t.name for t in nv.targets()]}
                       for m, nv in found.items()},
+            "inputs": {"hash": I.digest(parts), "parts": parts},
             "variants": variants, "passes": passes}

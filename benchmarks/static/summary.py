@@ -1,8 +1,8 @@
-"""The report's JSON document, its table and its figure, from the collected trees."""
+"""The report's rows (one per pass, before and after), its markdown table and its figure."""
 from __future__ import annotations
 
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from . import model
 from .collect import PRIMARY
@@ -13,52 +13,54 @@ SMALL_SHAPE = [32, 2048, 7, 7]
 SMALL_LAST_SHAPE = [32 * 7 * 7, 2048]   # the same, channels-last
 
 
-def _compact(tree: dict, launched_only: bool = False) -> dict:
-    out = dict(tree)
-    if launched_only:   # the older tree: only the variants its passes launch
-        out["variants"] = [v for v in tree["variants"]
-                           if any("loops" in k for k in v["kernels"].values())]
-    out["passes"] = [dict(p, launches=[{k: v for k, v in r.items() if k != "all_loops"}
-                                       for r in p["launches"]]) for p in tree["passes"]]
-    return out
-
-
 def _key(p: dict):
     return (p["major"], p["pass"], tuple(p["shape"]), p["dtype"], p["mode"])
 
 
-def table(after: dict, before: Optional[dict]) -> List[dict]:
-    """One row per (NVRTC major, pass, shape, dtype, mode): before/after prediction."""
-    prev = {_key(p): p for p in before["passes"]} if before else {}
+def pass_summary(p: dict) -> dict:
+    """What a table row keeps of one pass (the launch records are rebuilt on load)."""
+    return {"copy_fraction": p["copy_fraction"], "predicted_us": p["predicted_us"],
+            "n_launches": p["n_launches"],
+            "global_bytes_per_element": p["global_bytes_per_element"],
+            "launches": [{"entry": r["entry"], "grid": r["grid"], "block": r["block"],
+                          "registers": r["registers"], "waves": r["waves"],
+                          "blocks_per_sm": r["blocks_per_sm"],
+                          "instructions_per_element": r["instructions_per_element"],
+                          "vector_loads": r["vector_loads"], "bound": r["bound"],
+                          "predicted_us": r["predicted_us"]} for r in p["launches"]]}
+
+
+def before_of(tree: Optional[dict]) -> Dict[tuple, dict]:
+    """An older tree's passes as the ``before`` of table rows (no launch detail)."""
+    if not tree:
+        return {}
+    return {_key(p): {k: v for k, v in pass_summary(p).items() if k != "launches"}
+            for p in tree["passes"]}
+
+
+def table(passes: List[dict], before: Dict[tuple, dict]) -> List[dict]:
+    """One row per (NVRTC major, pass, shape, dtype, mode): the prediction after (with its
+    launches) and before."""
     rows = []
-    for p in after["passes"]:
+    for p in passes:
         last = len(p["shape"]) == 2   # channels-last (N*H*W, C)
         row = {"major": p["major"], "pass": p["pass"], "shape": p["shape"], "dtype": p["dtype"],
                "mode": p["mode"],
-               "goal": GOAL_SMALL if p["shape"] in (SMALL_SHAPE, SMALL_LAST_SHAPE) else GOAL}
+               "goal": GOAL_SMALL if p["shape"] in (SMALL_SHAPE, SMALL_LAST_SHAPE) else GOAL,
+               "after": pass_summary(p)}
         # No before for channels-last x: the earlier kernels read it C-strided (a 32-byte
         # sector per element), which the model, built on the loop's bytes, does not see.
-        for name, q in (("after", p), ("before", None if last else prev.get(_key(p)))):
-            if q is None:
-                continue
-            row[name] = {
-                "copy_fraction": q["copy_fraction"], "predicted_us": q["predicted_us"],
-                "n_launches": q["n_launches"],
-                "global_bytes_per_element": q["global_bytes_per_element"],
-                "launches": [{"entry": r["entry"], "grid": r["grid"], "block": r["block"],
-                              "registers": r["registers"], "waves": r["waves"],
-                              "blocks_per_sm": r["blocks_per_sm"],
-                              "instructions_per_element": r["instructions_per_element"],
-                              "vector_loads": r["vector_loads"], "bound": r["bound"],
-                              "predicted_us": r["predicted_us"]} for r in q["launches"]]}
+        prev = None if last else before.get(_key(p))
+        if prev is not None:
+            row["before"] = prev
         rows.append(row)
     return rows
 
 
-def report(after: dict, before: Optional[dict], elapsed_s: float) -> dict:
-    """The whole JSON document (schema in ``benchmarks/static/__init__.py``)."""
+def header(elapsed_s: float, tree: dict, nvrtc: dict, inputs: dict,
+           before: Optional[dict], modes) -> dict:
+    """The report's fields besides its rows (schema in ``benchmarks/static/compact.py``)."""
     return {
-        "schema": 1,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "elapsed_s": round(elapsed_s, 1),
         "model": {"sms": model.SMS, "clock_GHz": model.CLOCK_GHZ,
@@ -67,9 +69,8 @@ def report(after: dict, before: Optional[dict], elapsed_s: float) -> dict:
                   "latency_ns": model.LATENCY_NS, "launch_us": model.LAUNCH_US,
                   "primary": {"nvrtc_major": PRIMARY[0], "arch": f"sm_{PRIMARY[1]}"}},
         "goal": {"copy_fraction": GOAL, "copy_fraction_7x7": GOAL_SMALL},
-        "table": table(after, before),
-        **_compact(after),                      # tree, nvrtc, variants, passes
-        "before": _compact(before, launched_only=True) if before else None,
+        "modes": list(modes), "tree": tree, "nvrtc": nvrtc, "inputs": inputs,
+        "before": before,
     }
 
 
@@ -81,7 +82,7 @@ def _fmt_launches(q: dict) -> str:
 def markdown(rep: dict, mode: str = "inplace") -> str:
     """The before/after table of the primary compiler, for one mode."""
     major = rep["model"]["primary"]["nvrtc_major"]
-    rows = [r for r in rep["table"] if r["major"] == major and r["mode"] == mode]
+    rows = [r for r in rep["passes"] if r["major"] == major and r["mode"] == mode]
     have_before = any("before" in r for r in rows)
     head = ("| pass | shape | dtype | " + ("before | " if have_before else "") +
             "after | goal | launches after (registers, waves, instructions/element) |")
@@ -105,7 +106,7 @@ def plot(rep: dict, path, mode: str = "inplace") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     major = rep["model"]["primary"]["nvrtc_major"]
-    rows = [r for r in rep["table"] if r["major"] == major and r["mode"] == mode]
+    rows = [r for r in rep["passes"] if r["major"] == major and r["mode"] == mode]
     passes = ["forward_train", "forward_eval", "backward"]
     dtypes = ["float32", "float16"]
     fig, axes = plt.subplots(len(dtypes), len(passes), figsize=(13, 6.5), sharey=True)
@@ -137,7 +138,7 @@ def plot(rep: dict, path, mode: str = "inplace") -> None:
                 ax.set_ylabel("predicted fraction of copy BW\n(two-pass minimal bytes)")
     axes[0][0].legend(fontsize=7, loc="upper left", ncol=2)
     tree = rep["tree"]
-    before = rep["before"]["tree"] if rep.get("before") else None
+    before = rep.get("before")
     fig.suptitle(f"Static model, H100 SXM (132 SMs, {rep['model']['copy_bandwidth_GBps']:.0f}"
                  f" GB/s copy, {rep['model']['latency_ns']:.0f} ns), N=32, mode {mode}, "
                  f"CUDA {major} sm_90; after {tree['commit']}"
