@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# The reasons a test may skip under tox (tests/conftest.py): a missing CUDA device, and
+# nothing else.  Every GPU test's skip reason starts with one of these.
+NO_GPU = "no CUDA GPU"
+NO_TWO_GPUS = "needs two CUDA GPUs"
+GPU_SKIP_REASONS = (NO_GPU, NO_TWO_GPUS)
+
 
 def pocl_queue():
     """A command queue on the first PoCL device, or None."""

@@ -4,7 +4,8 @@ examples each property ran, printed at the end of the session by tests/conftest.
 Profiles: ``ci`` (derandomized: the same examples on every run; a fixed example budget; no
 deadline, since the first call of a kernel variant compiles it) is loaded under tox/CI
 (``CI`` or ``CUPY_ABN_ONLY_GPU_SKIPS`` set) and ``dev`` (random, same budget) otherwise;
-``HYPOTHESIS_PROFILE`` picks one explicitly (``thorough``: 10x the examples).
+``thorough`` (derandomized, 10x the examples) in the full tier (``CUPY_ABN_TIER=full``);
+``HYPOTHESIS_PROFILE`` picks one explicitly.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ EXAMPLES: "collections.Counter[str]" = collections.Counter()
 def profile_name() -> str:
     if os.environ.get("HYPOTHESIS_PROFILE"):
         return os.environ["HYPOTHESIS_PROFILE"]
+    if os.environ.get("CUPY_ABN_TIER") == "full":
+        return "thorough"
     ci = os.environ.get("CI") or os.environ.get("CUPY_ABN_ONLY_GPU_SKIPS") == "1"
     return "ci" if ci else "dev"
 
@@ -36,7 +39,7 @@ def register() -> None:
                                          HealthCheck.filter_too_much])
     settings.register_profile("ci", derandomize=True, database=None, **common)
     settings.register_profile("dev", **common)
-    settings.register_profile("thorough", **common)
+    settings.register_profile("thorough", derandomize=True, database=None, **common)
     settings.load_profile(profile_name())
 
 

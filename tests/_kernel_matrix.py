@@ -34,6 +34,7 @@ class Case:
     training: bool
     param_dtype: type = None
     hard: bool = False     # mean 1e4, std 1e-2
+    full: bool = False     # the full tier only (the default tier runs a covering subset)
 
     @property
     def id(self) -> str:
@@ -47,34 +48,60 @@ class Case:
 
 
 def _matrix():
+    """The whole case matrix; ``full`` marks the cases the default tier leaves out.  The
+    default subset still takes every shape, dtype, mode, activation and train/eval, each
+    (dtype, mode, train/eval) on one shape in turn (tests/test_pocl_coverage.py checks that
+    it launches every kernel family per dtype class, path and mode the whole matrix does)."""
     cases = []
+    modes = ("standard", "inplace", "inplace_v1")
     # Every shape (odd sizes included) x dtype x mode x train/eval, one activation.
-    for (name, shape), dt, mode, tr in itertools.product(
-            SHAPES.items(), (F64, F32, F16), ("standard", "inplace", "inplace_v1"),
-            (True, False)):
-        cases.append(Case(name, shape, dt, "leaky_relu", mode, tr))
+    shapes = list(SHAPES.items())
+    for k, (dt, mode, tr) in enumerate(itertools.product((F64, F32, F16), modes,
+                                                         (True, False))):
+        for i, (name, shape) in enumerate(shapes):
+            cases.append(Case(name, shape, dt, "leaky_relu", mode, tr,
+                              full=i != k % len(shapes)))
     # Every dtype x activation x mode x train/eval on one shape.
-    for dt, act, mode, tr in itertools.product((F64, F32, F16), ("identity", "elu"),
-                                               ("standard", "inplace", "inplace_v1"),
-                                               (True, False)):
-        cases.append(Case("NCDHW" if dt == F64 else "NCHW",
-                          SHAPES["NCDHW" if dt == F64 else "NCHW"], dt, act, mode, tr))
+    for (ai, act), (mi, mode) in itertools.product(enumerate(("identity", "elu")),
+                                                   enumerate(modes)):
+        for di, dt in enumerate((F64, F32, F16)):
+            for tr in (True, False):
+                cases.append(Case("NCDHW" if dt == F64 else "NCHW",
+                                  SHAPES["NCDHW" if dt == F64 else "NCHW"], dt, act, mode, tr,
+                                  full=(di != (ai * 3 + mi) % 3 or tr != (mi % 2 == 0))))
     # relu (standard only), float16 parameters with float16 x.
-    for dt, tr in itertools.product((F64, F32, F16), (True, False)):
-        cases.append(Case("NCL", SHAPES["NCL"], dt, "relu", "standard", tr))
-    for mode, tr in itertools.product(("standard", "inplace", "inplace_v1"), (True, False)):
+    for di, (dt, tr) in enumerate(itertools.product((F64, F32, F16), (True, False))):
+        cases.append(Case("NCL", SHAPES["NCL"], dt, "relu", "standard", tr,
+                          full=di not in (0, 3, 4)))
+    for mi, (mode, tr) in enumerate(itertools.product(modes, (True, False))):
         cases.append(Case("primes", SHAPES["primes"], F16, "leaky_relu", mode, tr,
-                          param_dtype=F16))
+                          param_dtype=F16, full=mi % 3 == 1))
     # Several blocks per channel.
     for dt, mode in ((F32, "inplace"), (F64, "standard"), (F16, "inplace_v1")):
         cases.append(Case("big", BIG, dt, "elu", mode, True))
     # Numerically hard data.
-    for mode in ("standard", "inplace", "inplace_v1"):
+    for mode in modes:
         cases.append(Case("hard", (8, 3, 16, 16), F32, "identity", mode, True, hard=True))
     return cases
 
 
 CASES = _matrix()
+
+
+# Rows of whole 16-byte packs (the vector path) and rows that are not (the scalar path), per
+# dtype: (shape, dtype, VEC of the streaming launches); test_kernels_opencl.py runs each on
+# the resident and the two-pass path.
+PATH_SHAPES = [((2, 3, 8, 8), F32, "4"), ((2, 3, 4, 4), F16, "8"), ((2, 3, 2, 3), F64, "2"),
+               ((2, 3, 7, 7), F32, "1"), ((2, 3, 2, 6), F16, "1")]
+PATH_IDS = ["f32-8x8-packs", "f16-4x4-packs", "f64-2x3-packs", "f32-7x7-scalar",
+            "f16-2x6-scalar"]
+
+
+def params(cases):
+    """pytest params of ``cases``, the full-tier ones marked ``full``."""
+    import pytest
+    return [pytest.param(c, id=c.id, marks=[pytest.mark.full] if c.full else [])
+            for c in cases]
 
 # Channels-last x (rows of C values, viewed as (M, C, 1)): the *_last kernels
 # (kernels/channel_tile.cuh).  Tiles of 32 threads along C: C/VEC = 10 packs (one partial

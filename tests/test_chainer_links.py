@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tests._backends import gpu_count
+from tests._backends import NO_GPU, gpu_count
 
 C = pytest.importorskip("cupy_abn.chainer")
 import chainer  # noqa: E402  (after cupy_abn.chainer: NumPy 2 compatibility step)
@@ -258,7 +258,7 @@ def test_sync_link_is_exported():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(gpu_count() < 1, reason="no CUDA GPU")
+@pytest.mark.skipif(gpu_count() < 1, reason=NO_GPU)
 @pytest.mark.parametrize("kind", ["abn", "inplace", "inplace_v1"])
 def test_training_on_gpu_matches_cpu(kind):
     import cupy

@@ -4,13 +4,13 @@ plus network-sized shapes.  Skipped cleanly without a GPU."""
 import numpy as np
 import pytest
 
-from tests._backends import gpu_count
+from tests._backends import NO_GPU, gpu_count
 from tests._kernel_matrix import CASES, F16, F32, Case, check_case
 
 cupy = pytest.importorskip("cupy")
 
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_count() < 1, reason="no CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_count() < 1, reason=NO_GPU)]
 
 # A ResNet stem (B > 1 fills the GPU) and a late stage (many channels, small m: B = 1).
 NET_CASES = [

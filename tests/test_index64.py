@@ -8,8 +8,8 @@ are uploaded one at a time and made again for the reference, so the host holds o
 (2^25 elements) per checking thread besides the device's two 4 GiB buffers (x, then z in
 place; dz, then dx in place).
 
-Where it runs: on a GPU (``-m gpu``), and on PoCL where ``CUPY_ABN_INDEX64_POCL=1``: tox's
-np2 environment sets it, so CI runs it once.  PoCL's ``CL_DEVICE_MAX_MEM_ALLOC_SIZE`` is
+Where it runs: on a GPU (``-m gpu``), and on PoCL in the full tier (``bash scripts/test.sh
+--full``: once, in tox's np2 environment) or where ``CUPY_ABN_INDEX64_POCL=1``.  PoCL's ``CL_DEVICE_MAX_MEM_ALLOC_SIZE`` is
 8 GiB on this 24 GiB machine (global memory 21.1 GiB, the same with 12 GiB in use elsewhere);
 opted in, a device that cannot hold one 4 GiB tensor fails the test rather than skipping it.
 The same checker runs in every environment on a small tensor with ``IDX64_FROM`` lowered to 0.
@@ -37,10 +37,10 @@ import numpy as np
 import pytest
 
 import cupy_abn
-from tests._backends import gpu_count, pocl_queue
+from tests._backends import NO_GPU, gpu_count, pocl_queue
 from tests._reference import TOL
 
-OPT_IN = "CUPY_ABN_INDEX64_POCL"   # run the big case on PoCL too (tox's np2 environment)
+OPT_IN = "CUPY_ABN_INDEX64_POCL"   # run the big case on PoCL outside the full tier too
 BIG = (2, 64, 2 ** 24 + 8)         # 2^31 + 1024 elements, rows of whole 16-byte packs
 SMALL = (2, 3, 40)
 CHECK_THREADS = 2                  # channels checked at once: the CI machine's cores
@@ -90,7 +90,8 @@ class _Cupy:
 
     def fits(self, nbytes):
         free, _ = self.cp.cuda.runtime.memGetInfo()
-        return (True, "") if free > 2.2 * nbytes else (False, f"GPU has {free} bytes free")
+        return (True, "") if free > 2.2 * nbytes else (
+            False, f"{NO_GPU} with {int(2.2 * nbytes)} bytes free ({free} free)")
 
 
 class _Pocl:
@@ -123,9 +124,9 @@ class _Pocl:
         return a.get()
 
     def fits(self, nbytes):
-        if os.environ.get(OPT_IN) != "1":
-            return False, (f"needs a GPU (on PoCL it takes minutes and ~10 GB: opt in with "
-                           f"{OPT_IN}=1, as tox's np2 environment does)")
+        if os.environ.get(OPT_IN) != "1" and os.environ.get("CUPY_ABN_TIER") != "full":
+            return False, (f"on PoCL it takes minutes and ~10 GB: the full tier runs it "
+                           f"(bash scripts/test.sh --full), or opt in with {OPT_IN}=1")
         limit = int(self.queue.device.max_mem_alloc_size)
         assert limit >= nbytes, (
             f"{OPT_IN}=1, but PoCL's CL_DEVICE_MAX_MEM_ALLOC_SIZE is {limit} bytes, below one "
@@ -218,11 +219,13 @@ def _check_channel(dev, device, reads, shape, gamma, beta, rm, rv, seed, c):
     return worst
 
 
-def _backends():
+def _backends(big: bool = False):
     out = []
     q = pocl_queue()
     if q is not None:
-        out.append(pytest.param(lambda: _Pocl(q), id="pocl"))
+        # the 2^31-element case on PoCL: the full tier, once (minutes and ~11 GiB)
+        marks = [pytest.mark.full, pytest.mark.once] if big else []
+        out.append(pytest.param(lambda: _Pocl(q), id="pocl", marks=marks))
     if gpu_count():
         out.append(pytest.param(_Cupy, id="cupy", marks=pytest.mark.gpu))
     return out
@@ -236,7 +239,7 @@ def test_index64_small_tensor_checker(make, monkeypatch):
     check_index64(make(), SMALL)
 
 
-@pytest.mark.parametrize("make", _backends())
+@pytest.mark.parametrize("make", _backends(big=True))
 def test_index64_beyond_2_31_elements(make, capsys):
     dev = make()
     nbytes = int(np.prod(BIG)) * 2

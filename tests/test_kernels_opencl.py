@@ -1,10 +1,12 @@
 """The kernel backend on a CPU: the CUDA kernel sources and the launch logic of
 ``cupy_abn._kernel_backend`` run through pyopencl on PoCL, against the float64 reference and the
-NumPy backend (tests/_kernel_matrix.py)."""
+NumPy backend (tests/_kernel_matrix.py: the default tier runs a covering subset of the case
+matrix, the full tier all of it)."""
 import numpy as np
 import pytest
 
-from tests._kernel_matrix import BIG, CASES, Case, check_case, opencl_launches
+from tests._kernel_matrix import (BIG, CASES, PATH_IDS, PATH_SHAPES, Case, check_case,
+                                  opencl_launches, params)
 from tests._backends import pocl_queue_or_skip
 from tests._cases import make_inputs
 
@@ -26,7 +28,7 @@ def path(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", params(CASES))
 def test_api_on_opencl_matches_reference_and_numpy(queue, case, path):
     check_case(case, lambda a: cla.to_device(queue, np.ascontiguousarray(a)),
                lambda a: a.get())
@@ -111,11 +113,7 @@ def test_grid_smaller_than_the_rows(queue, shape, monkeypatch):
                        lambda a: a.get())
 
 
-@pytest.mark.parametrize("shape,dtype,vec", [
-    ((2, 3, 8, 8), np.float32, "4"), ((2, 3, 4, 4), np.float16, "8"),
-    ((2, 3, 2, 3), np.float64, "2"), ((2, 3, 7, 7), np.float32, "1"),
-    ((2, 3, 2, 6), np.float16, "1")],
-    ids=["f32-8x8-packs", "f16-4x4-packs", "f64-2x3-packs", "f32-7x7-scalar", "f16-2x6-scalar"])
+@pytest.mark.parametrize("shape,dtype,vec", PATH_SHAPES, ids=PATH_IDS)
 def test_launch_logic_picks_the_vector_or_scalar_path(queue, shape, dtype, vec, path,
                                                       monkeypatch):
     """Rows of whole 16-byte packs stream packs; other rows (7x7: 49 elements) elements."""

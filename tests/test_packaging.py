@@ -13,6 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# What the install put in site-packages, the same under either NumPy: one environment.
+pytestmark = pytest.mark.once
+
 _PROBE = r"""
 import importlib.metadata as md, importlib.resources, json
 import cupy_abn

@@ -1,7 +1,7 @@
-"""The structural facts the static performance report (``python -m benchmarks.static``) reads,
-asserted on the current kernels as CuPy would compile them for an H100 (NVRTC 12 and 13,
+"""The static performance report (``python -m benchmarks.static``) and the structural facts it
+stands for, on the kernels as CuPy compiles them for an A100/H100 (NVRTC 12 and 13, sm_80 and
 sm_90 cubins, ``cuobjdump``), for the launches the library really makes on the benchmark
-shapes (recorded from ``KernelBackend`` over a stub runtime):
+shapes:
 
 - no spills (every variant, sm_80 and sm_90);
 - no division sequence inside a hot loop;
@@ -10,34 +10,147 @@ shapes (recorded from ``KernelBackend`` over a stub runtime):
   read twice, z written once; evaluation: x read, z written; backward: z and dz read twice,
   dx written once), from the SASS and counted by Oclgrind on a small tensor;
 - reduction grids at least 90% wave-efficient at the occupancy ptxas's registers give, unless
-  the grid is as large as the tensor allows (one unrolled iteration per thread);
+  the grid is as large as the tensor allows (one unrolled iteration per thread).
 
-Skipped, naming CUDA, only where NVRTC or cuobjdump/nvdisasm are missing.
+Default tier: the committed report is checked against this tree
+(``python -m benchmarks.static --check``: its inputs' hash, the passes replayed from the
+launch logic, the facts, a recompiled sample), and the check is shown to catch a changed
+kernel file, a hand-edited number and a broken fact.  Full tier: every variant compiled
+afresh, the facts asserted on that, and the whole compile compared with the report.
+
+Environment-independent (``once``).  Without NVRTC or cuobjdump the tests skip naming the
+tools, which tox's skip guard reports as a failure.
 """
+import json
+import shutil
+
 import numpy as np
 import pytest
 
 from cupy_abn import _kernel_source as K
 from cupy_abn import _nvrtc, _occupancy
 
+from benchmarks.static import check as CK
 from benchmarks.static import collect as C
+from benchmarks.static import compact
+from benchmarks.static import facts as F
 from benchmarks.static import sass as S
 
 FOUND = _nvrtc.available()
 MISSING = S.tools_missing()
-pytestmark = [pytest.mark.skipif(not FOUND or bool(MISSING),
-                                 reason=f"CUDA tools missing: NVRTC {sorted(FOUND) or 'none'}, "
-                                        f"not found {MISSING} (pip install .[nvrtc])"),
-              # the first test compiles every variant (minutes on 2 cores; cached on disk
-              # for the next run, benchmarks/static/collect.py: CACHE_DIR)
-              pytest.mark.timeout(2400)]
-
-# In-place modes: the passes whose minimal traffic is the model's (standard keeps and reads x).
-INPLACE = ("inplace", "inplace_v1")
-VECTOR_SHAPES = [list(s) for s in ((32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28),
-                                   (32 * 56 * 56, 256), (32 * 7 * 7, 2048))]   # + channels-last
+pytestmark = pytest.mark.once
+needs_tools = pytest.mark.skipif(
+    not FOUND or bool(MISSING), reason=f"NVRTC {sorted(FOUND) or 'none'} found, cuobjdump/"
+    f"nvdisasm missing {MISSING}: pip install .[nvrtc]")
+REGENERATE = f"regenerate the report with: {compact.REGENERATE}"
 
 
+def _run_check(report=CK.REPORT):
+    lines = []
+    rc = CK.run(report, out=lines.append)
+    return rc, "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def doc():
+    return compact.load(CK.REPORT)
+
+
+# ---- default tier: the committed report --------------------------------------------------
+@needs_tools
+def test_committed_report_holds_for_this_tree():
+    rc, text = _run_check()
+    assert rc == 0, text
+    assert "sample:" in text and "OK:" in text
+
+
+def test_report_is_compact(doc):
+    """One line per variant, SASS read and pass; no file over 1 MB; kept out of the sdist."""
+    text = CK.REPORT.read_text()
+    assert len(text.encode()) < 1_000_000
+    rows = sum(len(doc[k]) for k in compact.ROW_KEYS)
+    assert rows <= len(text.splitlines()) <= rows + len(doc) + 2 * len(compact.ROW_KEYS) + 2
+    assert len(doc["variants"]) == len(list(K.all_variants()))
+    manifest = (CK.ROOT / "MANIFEST.in").read_text()
+    assert "exclude benchmarks/results/static_report.json" in manifest
+
+
+def test_compact_form_round_trips(doc):
+    variants = compact.decode_variants(doc)
+    head = {k: v for k, v in doc.items() if k not in compact.ROW_KEYS + ("schema", "regenerate",
+                                                                        "targets", "families")}
+    again = compact.encode(variants, doc["passes"], head)
+    assert again == doc
+
+
+@needs_tools
+@pytest.mark.parametrize("name", sorted(p.name for p in K._kernel_dir().iterdir()
+                                        if p.suffix in (".cu", ".cuh", ".h")))
+def test_check_fails_when_a_kernel_file_changes(name, tmp_path, monkeypatch):
+    """A comment appended to any file under kernels/ makes the check fail, naming the file
+    and the command that regenerates the report (before anything is compiled)."""
+    kernels = tmp_path / "kernels"
+    shutil.copytree(K._kernel_dir(), kernels)
+    with open(kernels / name, "a") as f:
+        f.write("\n/* a comment */\n")
+    monkeypatch.setattr(K, "_kernel_dir", lambda: kernels)
+    rc, text = _run_check()
+    assert rc == 1
+    assert f"kernels/{name}: changed" in text and REGENERATE in text, text
+
+
+def _edited(doc, tmp_path, edit):
+    bad = json.loads(json.dumps(doc))
+    edit(bad)
+    path = tmp_path / "static_report.json"
+    compact.write(bad, path)
+    return path
+
+
+@needs_tools
+def test_check_fails_on_a_hand_edited_register_count(doc, tmp_path):
+    """A number changed in a variant the sample recompiles."""
+    jobs, _ = CK.sample(doc)
+    major, fam, defines, target = next(j for j in jobs if j[3].kind == "cubin")
+    col = doc["targets"].index(f"{major}:{target.name}")
+    vals = ",".join(d.split("=", 1)[1] for d in defines)
+
+    def edit(d):
+        row = next(r for r in d["variants"] if r[0] == fam and r[1] == vals)
+        row[2 + col][1] += 1     # the first entry's registers
+    rc, text = _run_check(_edited(doc, tmp_path, edit))
+    assert rc == 1 and "recompiled variants differ" in text and REGENERATE in text, text
+
+
+@needs_tools
+def test_check_fails_on_a_hand_edited_prediction(doc, tmp_path):
+    def edit(d):
+        d["passes"][3]["after"]["copy_fraction"] = 0.99
+    rc, text = _run_check(_edited(doc, tmp_path, edit))
+    assert rc == 1 and "no longer gives the report's passes" in text and REGENERATE in text
+
+
+@needs_tools
+def test_check_fails_when_a_fact_breaks(doc, tmp_path):
+    """A spill written into the report (and the hash left alone) breaks "no spills"."""
+    def edit(d):
+        cell = next(c for c in d["variants"][-1][2:] if isinstance(c, list))
+        cell[4] = 8              # LOCAL bytes of the first entry
+    rc, text = _run_check(_edited(doc, tmp_path, edit))
+    assert rc == 1 and "FAILED no spills" in text, text
+
+
+def test_sample_covers_every_family_and_target(doc):
+    jobs, sass_jobs = CK.sample(doc)
+    pairs = {(f"{m}:{t.name}", fam) for m, fam, _, t in jobs}
+    assert pairs == {(t, fam) for t in doc["targets"] for fam in doc["families"]}
+    assert {(m, fam) for m, fam, _, _ in sass_jobs} == {(s[0], s[1]) for s in doc["sass"]}
+    # the sample follows the inputs' hash
+    other = dict(doc, inputs=dict(doc["inputs"], hash="0" * 64))
+    assert CK.sample(other)[0] != jobs
+
+
+# ---- full tier: every variant compiled afresh ---------------------------------------------
 @pytest.fixture(scope="module")
 def variants():
     """Every variant, sm_80 and sm_90 cubins of every NVRTC found: resources only."""
@@ -57,95 +170,34 @@ def passes(variants):
                                                                   recorded[major])]
 
 
-def _name(p):
-    return f"CUDA {p['major']} {p['pass']} {'x'.join(map(str, p['shape']))} {p['dtype']} " \
-           f"{p['mode']}"
+@pytest.mark.full
+@needs_tools
+@pytest.mark.timeout(2400)   # thousands of compiles: minutes on 2 cores (cached on disk)
+def test_fresh_compile_has_no_spills(variants):
+    bad = F.no_spills(variants)
+    assert not bad, f"local memory in {len(bad)} kernels:\n" + "\n".join(bad)
 
 
-def test_no_spills(variants):
-    """No local memory: neither spills nor arrays left in a stack frame (ptxas's STACK and
-    LOCAL; either means LDL/STL in the kernel)."""
-    bad = [(v["major"], v["target"], v["family"], " ".join(v["defines"]),
-            f"REG {k['registers']} STACK {k['stack']} LOCAL {k['local']}")
-           for v in variants for e, k in v["kernels"].items() if k["local"] or k["stack"]]
-    assert not bad, (f"local memory in {len(bad)} kernels:\n" +
-                     "\n".join(map(str, sorted(bad))))
+@pytest.mark.full
+@needs_tools
+@pytest.mark.parametrize("fact", sorted(F.PASS_FACTS))
+def test_fresh_compile_facts(passes, fact):
+    bad = F.PASS_FACTS[fact](passes)
+    assert not bad, f"{fact}:\n" + "\n".join(bad[:12])
 
 
-def test_every_launch_has_its_variant_compiled(passes):
-    assert passes and all(p["launches"] for p in passes)
-
-
-def test_no_division_in_hot_loops(passes):
-    bad = set()
-    for p in passes:
-        for r in p["launches"]:
-            for lp in r["all_loops"]:
-                if lp["phase"] == "stream" and lp["divisions"]:
-                    bad.add((p["major"], r["entry"], " ".join(r["defines"]),
-                             str(lp["divisions"])))
-    assert not bad, "division sequences in hot loops:\n" + "\n".join(map(str, sorted(bad)))
-
-
-def test_streaming_launches_walk_the_tensor_in_a_loop(passes):
-    """Every launch that streams a tensor, except a channel held in registers (``*_resident``),
-    has a hot loop the SASS reader finds: a barrier before the walk (a shared shift) must not
-    turn the kernel into "straight-line" code, whose figures would mix in the block merge."""
-    bad = set()
-    for p in passes:
-        for r in p["launches"]:
-            if r["elements"] and "resident" not in r["entry"] and r["loop"]["phase"] != "stream":
-                bad.add((p["major"], r["entry"], " ".join(r["defines"]), r["loop"]["phase"]))
-    assert not bad, "no hot loop found:\n" + "\n".join(map(str, sorted(bad)))
-
-
-def test_vector_loads_on_the_vector_path(passes):
-    bad = set()
-    for p in passes:
-        if p["shape"] not in VECTOR_SHAPES:
-            continue   # 7x7 rows (196 or 98 bytes) are not 16-byte multiples: scalar path
-        for r in p["launches"]:
-            if r["elements"] and r["loop"]["widest_load_bytes"] < 16:
-                bad.add((p["major"], r["entry"], " ".join(r["defines"]), p["dtype"],
-                         str(r["loop"]["loads"])))
-    assert not bad, ("streaming hot loops without 128-bit loads (LDG widths per "
-                     "iteration):\n" + "\n".join(map(str, sorted(bad))))
-
-
-def test_sass_bytes_per_element_are_the_minimal_traffic(passes):
-    """Per pass, the hot loops' LDG/STG bytes per element are what the launches must move
-    (each streamed tensor once per launch), and that is the two-pass minimal traffic or less
-    (a channel held in registers reads x, or z and dz, once).  Launches without a loop over
-    the tensor (straight-line code, the channel-resident kernels) mix per-channel loads into
-    their counts: Oclgrind's count below covers them."""
-    bad = []
-    for p in passes:
-        if p["mode"] not in INPLACE or p.get("straight_line_launches"):
-            continue
-        got, want = p["global_bytes_per_element"], p["launch_bytes_per_element"]
-        if abs(got - want) > 1e-9 or want > p["minimal_bytes_per_element"]:
-            detail = [(r["entry"], r["loop"]["load_bytes_per_element"],
-                       r["loop"]["store_bytes_per_element"]) for r in p["launches"]
-                      if r["loop"]]
-            bad.append(f"{_name(p)}: {got:g} B/element, launches must move {want:g}, "
-                       f"two-pass minimal {p['minimal_bytes_per_element']:g}: {detail}")
-    assert not bad, "\n".join(bad[:12])
-
-
-def test_reduction_grids_fill_whole_waves(passes):
-    bad = set()
-    for p in passes:
-        for r in p["launches"]:
-            reduction = r["elements"] and not r["tensors_written"]
-            # A grid as large as the tensor allows (each thread one unrolled iteration, e.g.
-            # channels-last 32x7x7x2048 float16) cannot fill more waves.
-            per_thread = r["elements"] * r["itemsize"] / (r["grid"] * r["block"])
-            work_limited = per_thread <= r["bytes_in_flight_per_thread"]
-            if reduction and r["wave_efficiency"] < 0.9 and not work_limited:
-                bad.add((_name(p), r["entry"], r["grid"], r["block"], r["registers"],
-                         r["blocks_per_sm"], round(r["waves"], 3)))
-    assert not bad, ("reduction grids below 90% wave efficiency (pass, entry, grid, block, "
-                     "registers, blocks/SM, waves):\n" + "\n".join(map(str, sorted(bad))))
+@pytest.mark.full
+@needs_tools
+def test_fresh_compile_equals_the_report(variants, passes, doc):
+    """Every sm_80/sm_90 cubin's resources and every SASS read equal the committed report's."""
+    stored = {(v["major"], v["target"], v["family"], tuple(v["defines"])): v
+              for v in compact.decode_variants(doc)}
+    bad = [f"{v['major']} {v['target']} {v['family']} {' '.join(v['defines'])}"
+           for v in variants
+           if v["kernels"] != stored[(v["major"], v["target"], v["family"],
+                                      tuple(v["defines"]))]["kernels"]]
+    assert not bad, f"{len(bad)} variants differ from the report (regenerate it):\n" + \
+        "\n".join(bad[:12])
 
 
 def test_occupancy_formula():

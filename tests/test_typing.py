@@ -14,6 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# mypy reads the sources, not the environment's NumPy version: one tox environment runs it.
+pytestmark = pytest.mark.once
+
 
 def test_mypy_public_api():
     pytest.importorskip("mypy")

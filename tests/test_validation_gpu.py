@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 
 import cupy_abn
-from tests._backends import gpu_count
+from tests._backends import NO_GPU, NO_TWO_GPUS, gpu_count
 from tests._cases import make_inputs
 
 cupy = pytest.importorskip("cupy")
 
 
 pytestmark = pytest.mark.gpu
-needs_gpu = pytest.mark.skipif(gpu_count() < 1, reason="no CUDA GPU")
+needs_gpu = pytest.mark.skipif(gpu_count() < 1, reason=NO_GPU)
 
 
 @needs_gpu
@@ -31,7 +31,7 @@ def test_cupy_x_with_numpy_running_stats():
     assert np.array_equal(cupy.asnumpy(xd), x)
 
 
-@pytest.mark.skipif(gpu_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.skipif(gpu_count() < 2, reason=NO_TWO_GPUS)
 def test_arrays_on_different_gpus():
     x, gamma, beta, rm, rv, _ = make_inputs((4, 3, 5), np.float32, "devices")
     with cupy.cuda.Device(0):

@@ -20,6 +20,9 @@ import pytest
 
 pytest.importorskip("build")
 
+# Independent of the tox environment's NumPy/CuPy/Chainer (the wheel goes into its own venv).
+pytestmark = pytest.mark.once
+
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = sorted(p.name for p in (REPO / "kernels").iterdir() if p.suffix in (".cu", ".cuh", ".h"))
 MODULES = sorted(str(p.relative_to(REPO)).replace(os.sep, "/")
@@ -79,6 +82,9 @@ def test_sdist_contents(dist):
             "scripts/test.sh"} <= names
     assert set(MODULES) <= names, sorted(set(MODULES) - names)
     assert not {n for n in names if "__pycache__" in n or n.endswith(".pyc")}
+    # the static report is a development record, not part of the distribution
+    assert "benchmarks/results/static_report.json" not in names
+    assert "benchmarks/static/check.py" in names
 
 
 def test_twine_check(dist):

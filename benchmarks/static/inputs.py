@@ -12,6 +12,7 @@ variants and compares the passes, so a refactor that changes no launch needs no 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -57,6 +58,7 @@ def nvrtc_build(major: int, nv: "_nvrtc.Nvrtc") -> str:
     return f"{nv.version[0]}.{nv.version[1]} ({where or nv.path})"
 
 
+@functools.lru_cache(maxsize=None)
 def tool_build(name: str) -> str:
     """The ``release ..., V...`` line of ``name --version`` (cuobjdump, nvdisasm)."""
     exe = S.find_tool(name)
