@@ -9,9 +9,9 @@ are uploaded one at a time and made again for the reference, so the host holds o
 place; dz, then dx in place).
 
 Where it runs: on a GPU (``-m gpu``), and on PoCL in the full tier (``bash scripts/test.sh
---full``: once, in tox's np2 environment) or where ``CUPY_ABN_INDEX64_POCL=1``.  PoCL's ``CL_DEVICE_MAX_MEM_ALLOC_SIZE`` is
-8 GiB on this 24 GiB machine (global memory 21.1 GiB, the same with 12 GiB in use elsewhere);
-opted in, a device that cannot hold one 4 GiB tensor fails the test rather than skipping it.
+--full``: once, in tox's np2 environment) or where ``CUPY_ABN_INDEX64_POCL=1``.  PoCL's
+``CL_DEVICE_MAX_MEM_ALLOC_SIZE`` is 8 GiB on this 24 GiB machine (global memory 21.1 GiB, the
+same with 12 GiB in use elsewhere); opted in, a device that cannot hold one 4 GiB tensor fails the test rather than skipping it.
 The same checker runs in every environment on a small tensor with ``IDX64_FROM`` lowered to 0.
 
 Measured here (PoCL 3.0, 2 shared cores, 23 GiB, ``CUPY_ABN_INDEX64_POCL=1 pytest -s

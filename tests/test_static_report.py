@@ -140,6 +140,20 @@ def test_check_fails_when_a_fact_breaks(doc, tmp_path):
     assert rc == 1 and "FAILED no spills" in text, text
 
 
+def test_expanded_report_feeds_the_model_fit(doc):
+    """benchmarks/fit_model.py reads the launch records, rebuilt from the compact form."""
+    import sys
+    sys.path.insert(0, str(CK.ROOT / "benchmarks"))
+    import fit_model
+    rep = fit_model.load_report(CK.REPORT)
+    records = fit_model.launch_records(rep)
+    assert len(records) == len(doc["passes"])
+    for p, row in zip(rep["passes"], doc["passes"]):
+        assert p["predicted_us"] == pytest.approx(row["after"]["predicted_us"], rel=1e-12)
+        assert all({"bytes", "elements", "waves", "predicted_us"} <= set(r)
+                   for r in p["launches"])
+
+
 def test_sample_covers_every_family_and_target(doc):
     jobs, sass_jobs = CK.sample(doc)
     pairs = {(f"{m}:{t.name}", fam) for m, fam, _, t in jobs}

@@ -150,6 +150,9 @@ def check_sample(doc: dict, variants: List[dict], progress=None) -> Dict[str, in
         if got["size"] != want["size"] or got["kernels"] != w:
             bad.append(f"NVRTC {job[0]} {job[3].name} {job[1]} {' '.join(job[2])}: compiled "
                        f"{got['size']} B {got['kernels']}, report {want['size']} B {w}")
+    if bad:   # before the slower SASS reads
+        raise Stale("recompiled variants differ from the report (edited by hand, or built "
+                    "with other tools):\n  " + "\n  ".join(bad[:8]))
     for job, got in zip(sass_jobs, C._pool_map(C._read_sass, sass_jobs, progress)):
         want = index[(job[0], job[3].name, job[1], job[2])]["kernels"]
         for entry, info in got.items():
