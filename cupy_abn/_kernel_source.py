@@ -89,13 +89,18 @@ PACK_BYTES = 16
 
 
 def _kernel_dir():
+    # A source checkout's own kernels/ first: an installed (or editable) cupy_abn elsewhere in
+    # the environment must not lend this checkout its kernel files.
+    checkout = Path(__file__).resolve().parent.parent / "kernels"
+    if (checkout / PRELUDES["cuda"]).is_file():
+        return checkout
     try:
         root = importlib.resources.files("cupy_abn.kernels")
         if root.joinpath(PRELUDES["cuda"]).is_file():
             return root
     except (ModuleNotFoundError, TypeError):
         pass
-    return Path(__file__).resolve().parent.parent / "kernels"   # a source checkout
+    return checkout
 
 
 @functools.lru_cache(maxsize=None)

@@ -33,11 +33,12 @@ def _sha(data: bytes) -> str:
 
 
 def kernel_files() -> Dict[str, str]:
-    """``{"kernels/<name>": sha256}`` of every source file the kernels are built from."""
+    """``{"kernels/<name>": sha256}`` of every file under ``kernels/`` (the sources the kernels
+    are built from, and the package's ``__init__.py``: any edit there asks for a new report)."""
     root = K._kernel_dir()
     return {f"kernels/{p.name}": _sha(p.read_bytes()) for p in sorted(root.iterdir(),
                                                                      key=lambda p: p.name)
-            if p.is_file() and p.suffix in (".cu", ".cuh", ".h")}
+            if p.is_file() and not p.name.endswith((".pyc", ".pyo"))}
 
 
 def _wheel_version(dist: str) -> Optional[str]:
