@@ -20,14 +20,21 @@ in a temporary ``git worktree``, in one run:
 6. writes ``benchmarks/results/static_report.json`` and ``static_report.png`` and prints the
    before/after table.
 
-JSON schema (``schema: 1``); the top level is the report of the tree measured ("after"):
+``--check`` instead checks the committed report against this tree (``check.py``: the inputs'
+hash of ``inputs.py``, the passes replayed, the facts of ``facts.py``, a recompiled sample).
+
+On disk the report is compact (``schema: 2``, ``compact.py``: one line per variant, per SASS
+read and per pass, with the inputs' hash); ``compact.expand`` rebuilds from it the document
+below (variants and passes with their launch records), which is what ``collect`` produces for
+one tree and what ``benchmarks/fit_model.py`` reads:
 
     schema, generated, elapsed_s
     model      {sms, clock_GHz, schedulers, copy_bandwidth_GBps, latency_ns, launch_us,
                 primary: {nvrtc_major, arch}}     the defaults predicted_us used
     goal       {copy_fraction: 0.85, copy_fraction_7x7: 0.60}
-    tree       {commit, subject, dirty_kernels, root[, revision]}
-    nvrtc      {"12"|"13": {version, path, targets}}
+    tree       {commit, subject, dirty_kernels}
+    nvrtc      {"12"|"13": {version, targets}}
+    inputs     {hash, parts}          what the facts follow from (inputs.py)
     variants   [{major, target ("sm_80", "sm_90", "compute_121"), kind ("cubin"|"ptx"),
                  family, defines, size,
                  kernels: {entry: {registers, stack, shared, local,
@@ -42,7 +49,8 @@ JSON schema (``schema: 1``); the top level is the report of the tree measured ("
                  streaming launches), predicted_us, copy_fraction,
                  launches: [record, ...]}]
     table      [{major, pass, shape, dtype, mode, goal, after: {...}, before: {...}}]
-    before     the same document (tree, nvrtc, variants, passes) of the older revision, or null
+               (the stored pass rows)
+    before     {revision, commit, subject} of the older revision, or null
 
 A launch *record* (what ``model.predict_us`` reads; names are stable):
 
