@@ -2,8 +2,9 @@
 
 The pipeline is the same for every backend: statistics -> channel math -> normalize+activate
 in the forward; reductions -> channel math -> elementwise gradient in the backward.  A
-synchronized layer passes ``combine_moments`` / ``combine_sums`` to merge the per-channel
-partials across processes between those stages; nothing else differs.
+synchronized layer (:mod:`cupy_abn.sync`) calls the private :func:`_abn_forward` /
+:func:`_abn_backward` with ``combine_moments`` / ``combine_sums`` hooks that merge the
+per-channel partials across processes between those stages; nothing else differs.
 """
 from __future__ import annotations
 
@@ -25,9 +26,7 @@ Array = Any  # numpy.ndarray, cupy.ndarray or a pyopencl array
 def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Array] = None,
                 running_var: Optional[Array] = None, *, training: bool = True,
                 decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
-                activation_param: float = 0.01, mode: str = "inplace",
-                combine_moments: Optional[Callable] = None,
-                global_count: Optional[int] = None, axis: Any = None,
+                activation_param: float = 0.01, mode: str = "inplace", axis: Any = None,
                 check_finite: Optional[bool] = None) -> Tuple[Array, SavedState]:
     """Batch normalization fused with an activation, in place in the in-place modes.
 
@@ -56,11 +55,6 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         Slope of ``leaky_relu`` or alpha of ``elu`` (> 0 in the in-place modes).
     mode : {"inplace", "inplace_v1", "standard"}
         INPLACE-ABN II (default), INPLACE-ABN I, or plain ABN, which keeps ``x``.
-    combine_moments : callable, optional
-        ``(count, mean, m2, shift) -> (count, mean, m2, shift)``, called on the per-channel
-        partial moments before they are merged; a synchronized layer exchanges them here.
-    global_count : int, optional
-        Elements per channel over all processes (synchronized layers only).
     axis : int or tuple of int, optional
         The axes to normalize over, as Chainer's ``axis``; the parameters then have the shape
         of the other axes.  Default: every axis but 1 (channels on axis 1).  Consecutive kept
@@ -85,8 +79,27 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
     TypeError, ValueError
         On bad input, before anything is written.
     """
+    return _abn_forward(x, gamma, beta, running_mean, running_var, training=training,
+                        decay=decay, eps=eps, activation=activation,
+                        activation_param=activation_param, mode=mode, axis=axis,
+                        check_finite=check_finite)
+
+
+def _abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Array] = None,
+                 running_var: Optional[Array] = None, *, training: bool = True,
+                 decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
+                 activation_param: float = 0.01, mode: str = "inplace", axis: Any = None,
+                 check_finite: Optional[bool] = None,
+                 combine_moments: Optional[Callable] = None,
+                 global_count: Optional[int] = None) -> Tuple[Array, SavedState]:
+    """:func:`abn_forward` with the synchronized layer's hooks.
+
+    ``combine_moments``: ``(count, mean, m2, shift) -> (count, mean, m2, shift)``, called on
+    the per-channel partial moments before they are merged (the exchange across processes).
+    ``global_count``: the elements per channel over all processes.
+    """
     if axis is not None:
-        return _axis.forward(abn_forward, x, gamma, beta, running_mean, running_var,
+        return _axis.forward(_abn_forward, x, gamma, beta, running_mean, running_var,
                              axis=axis, mode=mode, training=training, decay=decay, eps=eps,
                              activation=activation, activation_param=activation_param,
                              combine_moments=combine_moments, global_count=global_count,
@@ -171,7 +184,6 @@ def _empty_moments(be, x, acc):
 
 
 def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
-                 combine_sums: Optional[Callable] = None,
                  check_finite: Optional[bool] = None) -> Tuple[Array, Array, Array]:
     """Gradients of :func:`abn_forward` rebuilt from its output.
 
@@ -183,9 +195,6 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
         dL/dz, same shape and dtype as the forward output.
     out : array, optional
         Where to write dL/dx; may be ``grad_output`` itself to save memory.
-    combine_sums : callable, optional
-        ``(sum_dy, sum_dy_t) -> (sum_dy, sum_dy_t)``, called on the per-channel partial sums;
-        a synchronized layer sums them across processes here.
     check_finite : bool, optional
         Raise :class:`cupy_abn.NonFiniteError` before dx is written when grad_output (or the
         saved output) holds NaN or Inf (default: :func:`cupy_abn.set_check_finite`).
@@ -195,14 +204,22 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
     grad_x, grad_gamma, grad_beta : arrays
         ``grad_x`` like ``x``; ``grad_gamma`` and ``grad_beta`` in the dtype of gamma.
     """
+    return _abn_backward(saved, grad_output, out=out, check_finite=check_finite)
+
+
+def _abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
+                  check_finite: Optional[bool] = None,
+                  combine_sums: Optional[Callable] = None) -> Tuple[Array, Array, Array]:
+    """:func:`abn_backward` with the synchronized layer's hook ``combine_sums``:
+    ``(sum_dy, sum_dy_t) -> (sum_dy, sum_dy_t)``, called on the per-channel partial sums."""
     if saved.layout is not None:
-        return _axis.backward(abn_backward_ncs, saved, grad_output, out,
+        return _axis.backward(_abn_backward_ncs, saved, grad_output, out,
                               combine_sums=combine_sums, check_finite=check_finite)
-    return abn_backward_ncs(saved, grad_output, out=out, combine_sums=combine_sums,
+    return _abn_backward_ncs(saved, grad_output, out=out, combine_sums=combine_sums,
                             check_finite=check_finite)
 
 
-def abn_backward_ncs(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
+def _abn_backward_ncs(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
                      combine_sums: Optional[Callable] = None,
                      check_finite: Optional[bool] = None) -> Tuple[Array, Array, Array]:
     """:func:`abn_backward` on the (N, C, S) layout the stages saw."""

@@ -44,10 +44,9 @@ from . import _validation as V
 from ._exchange import Exchange
 from ._precision import accum_dtype
 from ._state import SavedState
-from .api import abn_backward, abn_forward
+from .api import _abn_backward, _abn_forward, abn_backward, abn_forward
 
-__all__ = ["sync_abn_forward", "sync_abn_backward", "make_combine_moments",
-           "make_combine_sums", "exchange_header"]
+__all__ = ["sync_abn_forward", "sync_abn_backward"]
 
 # Columns of the header every rank sends before a synchronized forward.
 (_REJECTED, _COUNT, _CHANNELS, _ITEMSIZE, _XDTYPE, _PDTYPE, _MODE, _ACTIVATION, _PARAM, _EPS,
@@ -78,7 +77,7 @@ def _on_host_for_opencl(hook: Callable) -> Callable:
     return wrapped
 
 
-def merge_local(count, mean, m2):
+def _merge_local(count, mean, m2):
     """Chan's merge of ``(C, B)`` partials into one ``(C,)`` triple; empty partials add nothing.
 
     ``mean`` stays relative to the partials' common shift.  A channel whose total count is 0
@@ -95,10 +94,10 @@ def merge_local(count, mean, m2):
     return n, mu, m2_total
 
 
-def make_combine_moments(exchange: Exchange, counts: ArrayLike) -> Callable:
+def _make_combine_moments(exchange: Exchange, counts: ArrayLike) -> Callable:
     """The ``combine_moments`` hook: one partial per rank, as ``(C, R)`` partials.
 
-    ``counts`` are the per-rank elements per channel (from :func:`exchange_header`).  The
+    ``counts`` are the per-rank elements per channel (from :func:`_exchange_header`).  The
     means are re-expressed relative to the shift of the first non-empty rank, which is the
     shift one process would take for the concatenated batch (its first element).
     """
@@ -108,7 +107,7 @@ def make_combine_moments(exchange: Exchange, counts: ArrayLike) -> Callable:
     def combine_moments(count, mean, m2, shift):
         xp = _xp(mean)
         c = mean.shape[0]
-        _, mu, m2_local = merge_local(count, mean, m2)
+        _, mu, m2_local = _merge_local(count, mean, m2)
         gathered = exchange.allgather(xp.concatenate([mu, m2_local, shift.astype(mu.dtype)]))
         gathered = gathered.reshape(exchange.size, 3, c)
         shifts = gathered[:, 2]
@@ -122,7 +121,7 @@ def make_combine_moments(exchange: Exchange, counts: ArrayLike) -> Callable:
     return _on_host_for_opencl(combine_moments)
 
 
-def make_combine_sums(exchange: Exchange) -> Callable:
+def _make_combine_sums(exchange: Exchange) -> Callable:
     """The ``combine_sums`` hook: ``(sum_dy, sum_dy_t)`` summed over ranks, each ``(C, 1)``."""
 
     def combine_sums(sum_dy, sum_dy_t):
@@ -151,7 +150,7 @@ def _bits(value) -> int:
         return -1
 
 
-def exchange_header(exchange: Exchange, x, rejected: Optional[BaseException],
+def _exchange_header(exchange: Exchange, x, rejected: Optional[BaseException],
                     gamma: Any = None, *, mode: Optional[str] = None,
                     activation: Optional[str] = None, activation_param: Any = None,
                     eps: Any = None, decay: Any = None) -> np.ndarray:
@@ -241,11 +240,11 @@ def sync_abn_forward(x, gamma, beta, running_mean, running_var, comm: Any, *,
         V.check_forward(x, gamma, beta, running_mean, running_var, count=2, **kw)
     except Exception as e:  # noqa: BLE001 - re-raised after telling the other ranks
         rejected = e
-    counts = exchange_header(exchange, x, rejected, gamma, mode=mode, activation=activation,
+    counts = _exchange_header(exchange, x, rejected, gamma, mode=mode, activation=activation,
                              activation_param=activation_param, eps=eps, decay=decay)
-    return abn_forward(x, gamma, beta, running_mean, running_var, **kw,
-                       combine_moments=make_combine_moments(exchange, counts),
-                       global_count=int(counts.sum()))
+    return _abn_forward(x, gamma, beta, running_mean, running_var, **kw,
+                        combine_moments=_make_combine_moments(exchange, counts),
+                        global_count=int(counts.sum()))
 
 
 def sync_abn_backward(saved: SavedState, grad_output, comm: Any, *, out=None
@@ -268,4 +267,4 @@ def sync_abn_backward(saved: SavedState, grad_output, comm: Any, *, out=None
         xp = _xp(stats)
         exchange.allreduce_sum(xp.full(2 * stats.shape[1], np.nan, stats.dtype))
         raise
-    return abn_backward(saved, grad_output, out=out, combine_sums=make_combine_sums(exchange))
+    return _abn_backward(saved, grad_output, out=out, combine_sums=_make_combine_sums(exchange))

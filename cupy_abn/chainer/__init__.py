@@ -14,8 +14,9 @@ _numpy1_distutils.apply()
 
 from ._graph import InPlaceFallbackWarning  # noqa: E402
 from .functions import ABNFunction, abn, inplace_abn, inplace_abn_v1  # noqa: E402
-from .links import ABN, InPlaceABN  # noqa: E402
+from .links import ABN, InPlaceABN, NonInvertibleActivationError  # noqa: E402
 from .sync import InPlaceABNSync, inplace_abn_sync  # noqa: E402
 
 __all__ = ["ABN", "InPlaceABN", "InPlaceABNSync", "ABNFunction", "abn", "inplace_abn",
-           "inplace_abn_v1", "inplace_abn_sync", "InPlaceFallbackWarning"]
+           "inplace_abn_v1", "inplace_abn_sync", "InPlaceFallbackWarning",
+           "NonInvertibleActivationError"]
