@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+#: The modes of :func:`cupy_abn.abn_forward`: ``"standard"`` (plain ABN, keeps x),
+#: ``"inplace"`` (INPLACE-ABN II, the default) and ``"inplace_v1"`` (INPLACE-ABN I).
 MODES = ("standard", "inplace", "inplace_v1")
 
 # Rows of the per-channel ``stats`` array.  The forward is y = (x - MEAN) * SCALE + BETA with

@@ -3,19 +3,19 @@ processes").
 
 Each rank runs :func:`cupy_abn.abn_forward` / :func:`cupy_abn.abn_backward` on its own slice
 of the global batch; the hooks built here exchange the per-channel partials between the
-stages, through a ChainerMN communicator (see :mod:`cupy_abn._exchange` for the transport).
+stages, through a ChainerMN communicator (the transport is in ``cupy_abn/_exchange.py``).
 
 What one rank sends per layer and training step (C channels, accumulation dtype A = float32,
 or float64 for float64 input; R ranks):
 
-=========  ==========================================  ===========================
-forward    Allgather of a header, int64                11 values: 88 bytes
+=========  ====================================================  =====================
+forward    Allgather of a header, int64                          11 values: 88 bytes
            (rejected?, elements per channel, C, A's itemsize,
            x's and gamma's dtypes, mode, activation, and
            the bits of activation_param, eps, decay)
-forward    Allgather of its (mean, M2, shift)          3*C values of A
-backward   Allreduce-sum of (sum_dy, sum_dy_t)         2*C values of A
-=========  ==========================================  ===========================
+forward    Allgather of its (mean, M2, shift)                    3*C values of A
+backward   Allreduce-sum of (sum_dy, sum_dy_t)                   2*C values of A
+=========  ====================================================  =====================
 
 The header is what lets every rank know the global count ``m`` before the forward (for the
 checks and for ``m / max(m - 1, 1)``; a global count of 1 warns as one process does) and the

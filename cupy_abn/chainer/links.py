@@ -155,7 +155,7 @@ class _ABNLink(chainer.Link):
         ----------
         x : Variable or array
             In ``InPlaceABN`` training and evaluation, x's array is overwritten with the output
-            when x may be (see :mod:`cupy_abn.chainer._graph`).
+            when x may be (the rules are in ``cupy_abn/chainer/_graph.py``).
         finetune : bool, keyword only
             Accumulate population statistics with ``decay = 1 - 1/N`` (training only).
 
@@ -222,16 +222,27 @@ class _ABNLink(chainer.Link):
 
         Raises
         ------
-        ValueError, TypeError
-            For an unknown activation or a parameter that is not a finite number; the layer
-            is left unchanged.
+        ValueError
+            For an unknown activation; the layer is left unchanged.
+        TypeError
+            For a parameter that is not a finite number; the layer is left unchanged.
 
         Examples
         --------
-        >>> previous = layer.set_activation("relu")   # doctest: +SKIP
-        >>> with chainer.using_config("train", False):   # doctest: +SKIP
+        >>> import chainer
+        >>> import numpy as np
+        >>> from cupy_abn.chainer import ABN
+        >>> layer = ABN(3, activation="leaky_relu", activation_param=0.1)
+        >>> x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+        >>> previous = layer.set_activation("relu")
+        >>> previous
+        ('leaky_relu', 0.1)
+        >>> with chainer.using_config("train", False):
         ...     y = layer(x)
-        >>> layer.set_activation(*previous)   # doctest: +SKIP
+        >>> bool((y.array >= 0).all())
+        True
+        >>> layer.set_activation(*previous)
+        ('relu', 0.01)
         """
         _validation.check_activation(activation, activation_param, "standard")
         previous = (self.activation, self.activation_param)
@@ -265,11 +276,12 @@ class ABN(_ABNLink):
 
     Parameters
     ----------
-    size : int or None
-        Channels (axis 1 of the input).  None: taken from the first input, and the
-        parameters and statistics are created then (on the link's device, in its dtype), as
-        ``chainer.links.BatchNormalization`` does.  Unlike there, the channel axis has a
-        default (axis 1), so ``size`` may be omitted without ``axis``.
+    size : int, tuple of int or None
+        Channels (axis 1 of the input), or the shape of the parameters.  None: taken from
+        the first input, and the parameters and statistics are created then (on the link's
+        device, in its dtype), as ``chainer.links.BatchNormalization`` does; ``axis`` is
+        then required: without ``size`` or ``axis`` the link raises ``RuntimeError``, as
+        ``chainer.links.BatchNormalization()`` does.
     decay, eps, dtype, use_gamma, use_beta, initial_gamma, initial_beta
         As in ``chainer.links.BatchNormalization``; with ``use_gamma=False`` /
         ``use_beta=False`` the attribute ``gamma`` / ``beta`` is None.
@@ -322,6 +334,11 @@ class InPlaceABN(_ABNLink):
         Returns
         -------
         InPlaceABN
+
+        Raises
+        ------
+        ValueError
+            For a ``bn`` created with ``size=None`` that never ran (it has no parameters yet).
         """
         if bn.avg_mean is None:
             raise ValueError("bn: expected an initialized L.BatchNormalization (size given, or "
