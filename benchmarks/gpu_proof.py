@@ -1,5 +1,5 @@
 """The GPU proof: every GPU test, the kernel benchmark against every baseline, the demo's GPU
-memory, and the static model's fit, on a lent GPU machine in two calls (scripts/gpu_proof.sh).
+memory, and the static model's fit, on a GPU machine in two calls (scripts/gpu_proof.sh).
 
 Here (no GPU):
     python benchmarks/gpu_proof.py prepare            # wheels + sdist into .gpu_carry/
@@ -36,19 +36,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / ".gpu_carry"
-SHIM = ROOT / "benchmarks" / "_gpu_proof_site"
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = Path(tempfile.gettempdir()) / "gpu_proof"
 SITE = WORK / "site"          # carried wheels are installed here (PYTHONPATH)
 BUILT = WORK / "built"        # the inplace_abn wheel built on the machine
 
+# Chainer 7.8.1 is an sdist whose setup.py needs setuptools<81 (pkg_resources): its wheel is
+# built here.  At start-up Chainer imports numpy.distutils and pkg_resources, which the machine
+# (Python 3.12, NumPy 2) may lack: every step imports cupy_abn.chainer first, whose stand-ins
+# (cupy_abn/chainer/_standins.py) serve them there.
 CHAINER = "chainer==7.8.1"
-# Chainer imports pkg_resources at start-up, gone from setuptools 81: carried, installed only
-# where the machine's setuptools lacks it.
-SETUPTOOLS = "setuptools==80.9.0"
 INPLACE_ABN = ("inplace-abn-1.1.0.tar.gz",
                "7c286ca53d35cb37b0d1f8b9beb5a910c694129d3d4f7b8e53188370bb260c27")
-GPU_PYTHON = "3.12"           # KINDS.md: python3 there is 3.12
 CARRY_LIMIT = 30 << 20
 PART_BUDGET_S = 540           # of the device tool's 600 s per command
 
@@ -72,11 +71,11 @@ def _sha256(path: Path) -> str:
 
 
 def child_env() -> Dict[str, str]:
-    """Environment of every step: carried wheels, the checkout and the start-up shim first
-    on ``sys.path``; the tox-only skip rule off (only GPU tests are selected here)."""
+    """Environment of every step: carried wheels and the checkout first on ``sys.path``; the
+    tox-only skip rule off (only GPU tests are selected here)."""
     env = dict(os.environ)
     env.pop("CUPY_ABN_ONLY_GPU_SKIPS", None)
-    paths = [str(SITE), str(ROOT), str(SHIM)] + [p for p in env.get("PYTHONPATH", "").split(
+    paths = [str(SITE), str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(
         os.pathsep) if p]
     env.update(PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)), PYTHONUNBUFFERED="1",
                MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
@@ -139,7 +138,7 @@ def _download_sdist(dest: Path) -> Path:
 
 def prepare(carry: Path = CARRY) -> Dict[str, Any]:
     """Fill the carried folder: Chainer's wheel built here (its sdist needs setuptools<81 to
-    build), setuptools 80 for Chainer's pkg_resources, and inplace_abn's sdist."""
+    build) and inplace_abn's sdist."""
     wheels = carry / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     constraint = str(ROOT / ".ci" / "build-constraints.txt")
@@ -147,10 +146,6 @@ def prepare(carry: Path = CARRY) -> Dict[str, Any]:
     if not list(wheels.glob("chainer-7.8.1-*.whl")):
         subprocess.run(_pip("wheel", "-q", "--no-deps", "-w", str(wheels), CHAINER),
                        check=True, env=env)
-    if not list(wheels.glob("setuptools-80.9.0-*.whl")):
-        subprocess.run(_pip("download", "-q", "--no-deps", "--only-binary=:all:",
-                            "--python-version", GPU_PYTHON, "-d", str(wheels), SETUPTOOLS),
-                       check=True)
     sdist = _download_sdist(carry / "sdist")
     files = sorted(p for p in carry.rglob("*") if p.is_file() and p.name != "MANIFEST.json")
     total = sum(p.stat().st_size for p in files)
@@ -172,22 +167,18 @@ def run_calls(carry: Path = CARRY) -> List[Dict[str, Any]]:
 
 # ---------------------------------------------------------------- steps (GPU machine)
 def install(carry: Path = CARRY) -> Dict[str, Any]:
-    """Install the carried wheels that this interpreter lacks into ``SITE`` (once: a warm
-    machine keeps them)."""
+    """Install the carried Chainer wheel into ``SITE`` where this interpreter has no Chainer
+    (once: a warm machine keeps it)."""
     marker = SITE / ".installed.json"
     if marker.exists():
         return {"status": "ok", "note": "already installed", **json.loads(marker.read_text())}
     base = {k: v for k, v in child_env().items() if k != "PYTHONPATH"}
 
-    def has(module: str) -> bool:
-        return subprocess.run([sys.executable, "-c", f"import {module}"], env=base,
-                              capture_output=True).returncode == 0
-
-    wanted = []
-    if not has("chainer"):
-        wanted += sorted((carry / "wheels").glob("chainer-*.whl"))
-    if not has("pkg_resources"):
-        wanted += sorted((carry / "wheels").glob("setuptools-*.whl"))
+    # located, not imported: importing Chainer needs cupy_abn.chainer first
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('chainer') is None)"
+    has_chainer = subprocess.run([sys.executable, "-c", probe], env=base,
+                                 capture_output=True).returncode == 0
+    wanted = [] if has_chainer else sorted((carry / "wheels").glob("chainer-*.whl"))
     missing = [] if (carry / "wheels").is_dir() else [f"{carry}/wheels"]
     if wanted:
         subprocess.run(_pip("install", "-q", "--no-index", "--no-deps", "--no-compile",

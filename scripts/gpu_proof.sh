@@ -3,8 +3,8 @@
 # PyTorch and Mapillary's inplace_abn, the demo's GPU memory and the static model's fit, in
 # two device calls of at most 10 minutes each.  The steps are in benchmarks/gpu_proof.py.
 #
-#   bash scripts/gpu_proof.sh prepare        # here: .gpu_carry/ (Chainer wheel, setuptools 80,
-#                                            # inplace-abn sdist); prints the two device calls
+#   bash scripts/gpu_proof.sh prepare        # here: .gpu_carry/ (Chainer wheel, inplace-abn
+#                                            # sdist); prints the two device calls
 #   bash scripts/gpu_proof.sh part1          # GPU machine: install, environment, GPU tests,
 #                                            # inplace_abn built in the background
 #   bash scripts/gpu_proof.sh part2          # GPU machine: kernels, demo, memory, model fit
@@ -24,7 +24,7 @@ case "$cmd" in
     out=${OUT:-/tmp/gpu_proof/out}
     mkdir -p "$out"
     export PYTHONUNBUFFERED=1
-    # python3 there is the interpreter that holds PyTorch and CuPy (KINDS.md)
+    # python3 there is the interpreter that holds PyTorch and CuPy
     python3 benchmarks/gpu_proof.py "$cmd" --out "$out" "$@" 2>&1 | tee "$out/gpu_proof_$cmd.log"
     exit "${PIPESTATUS[0]}" ;;
   unpack)

@@ -3,6 +3,7 @@ for, every driver step's CPU path (or a clean "needs a GPU"), bundling and unpac
 model fit on synthetic times, and the PyTorch-based baselines (the same layer where PyTorch
 is installed, a recorded reason where it is not; PyTorch is never needed here)."""
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -130,13 +131,42 @@ def test_missing_sdist_is_a_recorded_skip(tmp_path):
     assert got["status"] == "skipped" and "prepare" in got["reason"]
 
 
-def test_numpy_distutils_stand_in_only_where_numpy_has_none():
-    code = ("import sys; sys.path.insert(0, %r); import sitecustomize, numpy.distutils."
-            "system_info as s; print(s.get_info('blas_opt') == {} or 'real')"
-            % str(gpu_proof.SHIM))
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() in ("True", "real")
+def test_steps_import_chainer_without_numpy_distutils_and_pkg_resources():
+    """As on the GPU machine (Python 3.12, NumPy 2, maybe no setuptools): the environment
+    probe imports Chainer through cupy_abn.chainer's stand-ins, with the steps' environment
+    (no start-up shim)."""
+    from tests.test_chainer_standins import HIDE
+    env = gpu_proof.child_env()
+    assert not [p for p in env["PYTHONPATH"].split(os.pathsep) if "_gpu_proof_site" in p]
+    p = subprocess.run([sys.executable, "-c", HIDE + gpu_proof._ENV_PROBE], env=env,
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    assert (info["chainer"] or {}).get("version") == "7.8.1", info.get("chainer_error")
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_install_takes_the_carried_chainer_only_where_none_is_installed(work, monkeypatch,
+                                                                        installed):
+    """Chainer is located, not imported (that needs cupy_abn.chainer first); nothing else is
+    carried."""
+    calls = []
+
+    def run(argv, **kwargs):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0 if installed else 1)
+
+    monkeypatch.setattr(gpu_proof.subprocess, "run", run)
+    wheels = work / "carry" / "wheels"
+    wheels.mkdir(parents=True)
+    (wheels / "chainer-7.8.1-py3-none-any.whl").write_bytes(b"stand-in")
+    got = gpu_proof.install(work / "carry")
+    assert "find_spec('chainer')" in calls[0][-1]
+    if installed:
+        assert got == {"status": "ok", "installed": [], "missing": []} and len(calls) == 1
+    else:
+        assert got["installed"] == ["chainer-7.8.1-py3-none-any.whl"] and len(calls) == 2
+        assert calls[1][-1] == str(wheels / "chainer-7.8.1-py3-none-any.whl")
 
 
 # ---------------------------------------------------------------- the model fit

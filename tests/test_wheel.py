@@ -78,7 +78,7 @@ def test_sdist_contents(dist):
         names = {n[len(top) + 1:] for n in tar.getnames() if n.startswith(top + "/")}
     assert {f"kernels/{k}" for k in KERNELS} <= names, sorted(names)
     assert {"cupy_abn/py.typed", "setup.cfg", "pyproject.toml", "MANIFEST.in", "README.md",
-            "tox.ini", ".ci/build-constraints.txt", "tests/conftest.py",
+            "tox.ini", ".ci/build-constraints.txt", "tests/conftest.py", "LICENSE",
             "scripts/test.sh"} <= names
     assert set(MODULES) <= names, sorted(set(MODULES) - names)
     assert not {n for n in names if "__pycache__" in n or n.endswith(".pyc")}
