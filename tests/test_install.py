@@ -9,7 +9,8 @@ so that ``pkg_resources`` is gone as on a current machine.  Then Chainer must im
 ``F.leaky_relu``.
 
 One case per Python found: the one running the tests, and ``python3.12`` / ``python3.13``
-where they are on ``PATH``.  Slow (Chainer's sdist is built each time): the full tier only.
+where they are on ``PATH`` or
+installed by pyenv.  Slow (Chainer's sdist is built each time): the full tier only.
 """
 import os
 import re
@@ -44,13 +45,17 @@ def test_readme_install_is_one_chainer_line():
 
 def _pythons() -> list:
     found = {sys.version_info[:2]: sys.executable}
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     for name in ("python3.12", "python3.13"):
-        path = shutil.which(name)
-        if path:
+        # on PATH, or installed by pyenv without being selected (its shim then fails)
+        for path in [shutil.which(name), *sorted(map(str, pyenv.glob(f"3.*/bin/{name}")))]:
+            if not path:
+                continue
             out = subprocess.run([path, "-c", "import sys; print(*sys.version_info[:2])"],
                                  capture_output=True, text=True)
             if out.returncode == 0:
                 found.setdefault(tuple(map(int, out.stdout.split())), path)
+                break
     return [pytest.param(path, id=f"py{major}.{minor}")
             for (major, minor), path in sorted(found.items())]
 
