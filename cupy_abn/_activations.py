@@ -2,8 +2,9 @@
 
 Each row gives the NumPy forms of phi, phi_inv and phi' written in terms of the output z, and
 the integer the kernels receive as ``-DACT=``; ELU's row also says which outputs its inverse
-cannot rebuild y from (the finiteness check's count, ``kernels/channel_saturated.cuh``).  The kernels hold the same three functions in
-``kernels/activation.cuh``; no other module branches on the activation name.
+cannot rebuild y from (the finiteness check's count, ``kernels/channel_saturated.cuh``).  The
+kernels hold the same three functions in ``kernels/activation.cuh``; no other module branches
+on the activation name.
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """The opt-in finiteness check: ``check_finite=True`` (or :func:`set_check_finite`) makes a NaN
 or Inf in x (training forward) or in grad_output (backward), and a float16 output that would
 overflow, raise :class:`NonFiniteError` before anything is written: x, the running
-statistics, dx.
+statistics, dx.  In the in-place modes' training backward with ELU, outputs at the asymptote
+-alpha, from which y cannot be rebuilt, raise :class:`SaturatedActivationError` (a
+NonFiniteError) the same way.
 
 It costs no extra pass over x.  The statistics reduction reads every element already: a NaN
 or Inf makes its partial's mean or M2 non-finite, and with the check on it also writes each
@@ -9,6 +11,19 @@ partial's min and max of x, which bound y = (x - mean) * scale + beta per channe
 output is written (``kernels/channel_extrema.cuh``).  The backward's partial sums of dy and
 dy*t show a non-finite dz (or z) the same way.  What it costs is a host round trip per pass
 and the separate finish launch instead of the fused one.
+
+ELU's saturation: z = alpha * (exp(y) - 1) rounds to -alpha once exp(y) is below about a
+quarter of the storage dtype's eps (y < -8.3 in float16, -17.3 in float32), and the inverse
+clamps z / alpha at -1 + 1e-7 (``kernels/activation.cuh``), so that y is lost below about
+-8.3 (float16), -16.2 (float32) and -16.1 (float64, where the clamp, not the rounding,
+binds).  The backward then applies a wrong y in dx's ``t * A`` term, with no NaN to show it
+(tests/test_check_saturation.py: dx of -7.15 where the true value is about 0).  With the
+check on, the same reduction that sums dy and dy*t counts the outputs where the inverse
+clamps (``kernels/channel_saturated.cuh``, the check's SATURATED variants of ``grad_sums``):
+no extra pass over z, one more small (C, B) array to the host.  Evaluation-mode backward is not
+checked: its dx does not use y (only dgamma's negligible terms do).  In a synchronized layer
+each rank counts its own outputs, after the exchange of the sums (the other ranks do not
+wait on it).
 
 Without the check nothing is inspected: a NaN or Inf stays in its channel, as in Chainer
 (``tests/test_nonfinite.py`` pins what happens).  Evaluation has no reduction to piggy-back
@@ -30,6 +45,12 @@ _enabled = False
 class NonFiniteError(FloatingPointError):
     """A NaN, an Inf or a float16 overflow found by the finiteness check; nothing was
     written."""
+
+
+class SaturatedActivationError(NonFiniteError):
+    """ELU outputs at the asymptote -alpha in an in-place mode's training backward: y cannot
+    be rebuilt from them and the gradient would be wrong; found by the finiteness check
+    before dx was written."""
 
 
 def set_check_finite(enabled: bool) -> None:
@@ -108,6 +129,37 @@ def check_float16_output(stats: Any, xmin: Any, xmax: Any, activation: str,
                              f"{_channels(bad)} (|z| up to {bound[c]:.6g} > {FLOAT16_MAX:g}, "
                              f"x in [{lo[c]:.6g}, {hi[c]:.6g}]); the in-place backward could "
                              f"not rebuild y from it; nothing was written")
+
+
+def saturation_checked(activation: str, t: int, training: bool) -> bool:
+    """Whether a checked backward counts saturated outputs: an activation whose inverse
+    clamps (ELU), t rebuilt from z (the in-place modes), training (dx uses y)."""
+    from ._state import T_XHAT_FROM_X
+    return training and t != T_XHAT_FROM_X and ACTIVATIONS[activation].saturated is not None
+
+
+def check_saturated(counts: Any, activation: str, param: float, dtype: Any) -> None:
+    """Raise when a channel has outputs at ELU's asymptote (``counts``: (C, B) partial
+    counts)."""
+    n = _host(counts).astype(np.int64).sum(axis=1)
+    bad = n > 0
+    if not bad.any():
+        return
+    idx = np.flatnonzero(bad).tolist()
+    where = ", ".join(f"channel {c}: {n[c]}" for c in idx[:8])
+    if len(idx) > 8:
+        where += f", and {len(idx) - 8} more channels"
+    raise SaturatedActivationError(
+        f"check_finite: {int(n.sum())} {activation} outputs at the asymptote "
+        f"-alpha = {-param:g} ({where}), from which the in-place backward cannot rebuild y "
+        f"(y below about {_elu_bound(dtype):.1f} in {np.dtype(dtype)}): the gradient would be "
+        f"wrong; nothing was written (dx).  Use activation='leaky_relu', mode='standard', or "
+        f"a smaller |gamma| in those channels")
+
+
+def _elu_bound(dtype: Any) -> float:
+    """The y below which ELU's inverse clamps, for outputs stored in ``dtype``."""
+    return {np.dtype(np.float16): -8.3, np.dtype(np.float32): -16.2}.get(np.dtype(dtype), -16.1)
 
 
 def check_sums(sum_dy: Any, sum_dy_t: Any) -> None:

@@ -57,7 +57,8 @@ RES_MAX_BLOCK = 1024       # kernels/channel_resident.cu: its largest block
 RESIDENT = True            # channels that fit one block take the one-launch path
 
 
-def unroll(stage: str, vec: int, t: int = 0, idx64: bool = False, last: bool = False) -> int:
+def unroll(stage: str, vec: int, t: int = 0, idx64: bool = False, last: bool = False,
+           saturated: bool = False) -> int:
     """Packs in flight per thread and streamed tensor in the hot loops (UNROLL in
     kernels/channel_moments.cu, normalize_activate.cu and grad_terms.cuh): 4 packs (8 single
     elements) in the forward; 2 (4) per tensor in the backward, 1 where they would not fit in
@@ -65,13 +66,17 @@ def unroll(stage: str, vec: int, t: int = 0, idx64: bool = False, last: bool = F
 
     The channels-last kernels (``last``) hold per-channel constants for a whole pack, so
     fewer: 2 packs of 8 in ``normalize_activate_last``, and the backward's limit is 8 values
-    per tensor instead of 16 (``grad_sums_last.cu``, ``grad_input_last.cu``)."""
+    per tensor instead of 16 (``grad_sums_last.cu``, ``grad_input_last.cu``).  The
+    finiteness check's ``grad_sums`` variants that count saturated outputs (``saturated``)
+    take 1 pack on the vector path (``grad_sums.cu``: the count would spill at 2)."""
     if stage == "forward":
         return 8 if vec == 1 else 4
     if stage == "normalize":
         return 8 if vec == 1 else (2 if last and vec == 8 else 4)
     if vec == 1:
         return 4
+    if saturated and not last:
+        return 1
     streams = 3 if t == T_XHAT_FROM_X else 2
     return 1 if vec * streams * (1 + bool(idx64)) > (8 if last else 16) else 2
 
@@ -456,16 +461,17 @@ class KernelBackend:
         return z, dz, src, stats, activation, param, t, self.vector_path(z.shape, z, dz, src,
                                                                          acc=stats.dtype)
 
-    def _grad_sums(self, terms, param_dtype):
-        """(fn, grid, plan, arguments up to the outputs, outputs (sum dy, sum dy*t))."""
+    def _grad_sums(self, terms, param_dtype, saturated=False):
+        """(fn, grid, plan, arguments up to the outputs, outputs (sum dy, sum dy*t)); the
+        ``saturated`` variant (the check's) counts saturated ELU outputs as well."""
         z, dz, src, stats, activation, param, t, vector = terms
         acc = np.dtype(stats.dtype)
         c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
         last = channels_last(z.shape)
         fn = self._fn("grad_sums_last" if last else "grad_sums", store=z.dtype,
                       param=param_dtype, act=ACTIVATIONS[activation].code, t=t, idx64=idx64,
-                      vector=vector, acc=acc)
-        u = unroll("backward", K.vec_width(z.dtype, vector), t, idx64, last)
+                      vector=vector, acc=acc, saturated=saturated)
+        u = unroll("backward", K.vec_width(z.dtype, vector), t, idx64, last, saturated)
         head = (z, dz, z if src is None else src, stats, np.uint32(c))
         if last:
             tile_x = tile_width(row_len)
@@ -481,16 +487,19 @@ class KernelBackend:
         outs = tuple(self.rt.empty((c, plan.parts), acc) for _ in range(2))
         return fn, grid, plan, args, outs
 
-    def grad_sums(self, terms):
-        """Per-channel (sum dy, sum dy*t) partials, for a synchronized layer."""
+    def grad_sums(self, terms, saturated: bool = False):
+        """Per-channel (sum dy, sum dy*t) partials, for a synchronized layer or the
+        finiteness check; with ``saturated`` (ELU, t rebuilt from z) also the partials' counts
+        of outputs at ELU's asymptote, (C, B) uint32, from the same read of z."""
         stats = terms[3]
         acc = np.dtype(stats.dtype)
-        fn, grid, plan, args, outs = self._grad_sums(terms, acc)
+        fn, grid, plan, args, outs = self._grad_sums(terms, acc, saturated)
         dummy = outs[0]
+        counts = (self.rt.empty(outs[0].shape, np.uint32),) if saturated else ()
         self.rt.launch(fn, grid, plan.block,
                        args + outs + (dummy, np.int32(0), dummy, acc.type(0), np.int32(0),
-                                      np.int32(0), dummy, dummy, dummy))
-        return outs
+                                      np.int32(0), dummy, dummy, dummy) + counts)
+        return outs + counts
 
     def backward_local(self, terms, gamma, dx, *, m, training, abs_gamma):
         """A backward: dx into ``dx``; returns dgamma, dbeta (gamma's dtype).  A channel that

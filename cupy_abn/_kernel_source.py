@@ -34,7 +34,8 @@ class KernelFile:
     file: str
     entries: Tuple[str, ...]
     headers: Tuple[str, ...]
-    uses: Tuple[str, ...]   # subset of ("store", "param", "act", "t", "idx", "vec", "extrema")
+    uses: Tuple[str, ...]   # subset of ("store", "param", "act", "t", "idx", "vec", "extrema",
+    #                         "saturated")
 
 
 _STREAM = ("store", "idx", "vec")   # kernels that stream x-sized tensors
@@ -49,7 +50,8 @@ FILES: Dict[str, KernelFile] = {
                                      _STREAM + ("param", "act")),
     "grad_sums": KernelFile("grad_sums.cu", ("grad_sums",),
                             ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh",
-                             "channel_grads.cuh"), _STREAM + ("param", "act", "t")),
+                             "channel_grads.cuh", "channel_saturated.cuh"),
+                            _STREAM + ("param", "act", "t", "saturated")),
     "channel_backward": KernelFile("channel_backward.cu", ("channel_backward",),
                                    ("channel_reduce.cuh", "channel_grads.cuh"), ("param", "t")),
     "channel_resident": KernelFile("channel_resident.cu",
@@ -71,8 +73,9 @@ FILES: Dict[str, KernelFile] = {
                                            "channel_tile.cuh"), _STREAM + ("param", "act")),
     "grad_sums_last": KernelFile("grad_sums_last.cu", ("grad_sums_last",),
                                  ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh",
-                                  "channel_grads.cuh", "channel_tile.cuh"),
-                                 _STREAM + ("param", "act", "t")),
+                                  "channel_grads.cuh", "channel_tile.cuh",
+                                  "channel_saturated.cuh"),
+                                 _STREAM + ("param", "act", "t", "saturated")),
     "grad_input_last": KernelFile("grad_input_last.cu", ("grad_input_last",),
                                   ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh",
                                    "channel_tile.cuh"), _STREAM + ("act", "t")),
@@ -123,13 +126,15 @@ def vec_width(store, vector: bool) -> int:
 
 @functools.lru_cache(maxsize=4096)   # one tuple per variant, not one per launch
 def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None,
-            vector=False, acc=None, extrema=False) -> Tuple[str, ...]:
+            vector=False, acc=None, extrema=False, saturated=False) -> Tuple[str, ...]:
     """The ``-D`` options of a variant of ``family``, from the dtypes/codes it reads.
 
     ``store`` and ``param`` are dtypes (or None where the family does not read them);
     ``acc``, the accumulation dtype, defaults to the wider of what they need (float64 when
     either is float64).  ``vector`` selects 16-byte packs (``VEC`` elements) instead of single
-    elements in the streaming kernels.
+    elements in the streaming kernels.  ``extrema`` and ``saturated`` select the finiteness
+    check's variants (x's extrema in the statistics, the count of saturated ELU outputs in the
+    backward's sums).
     """
     uses = FILES[family].uses
     out, read = [], []
@@ -151,6 +156,8 @@ def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None
         out.append(f"-DVEC={vec_width(store, vector)}")
     if "extrema" in uses:   # 1: the finiteness check's variants
         out.append(f"-DEXTREMA={int(bool(extrema))}")
+    if "saturated" in uses:   # 1: the check's variants for ELU in an in-place mode
+        out.append(f"-DSATURATED={int(bool(saturated))}")
     return tuple(out)
 
 
@@ -195,7 +202,8 @@ def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
     """Every distinct (family, defines) the library can ask for.
 
     Activation and t kind come in the pairs a mode can ask for (``relu`` is not invertible:
-    plain ABN only, whose t is computed from x).
+    plain ABN only, whose t is computed from x).  The SATURATED variants exist for ELU where
+    t is rebuilt from z (the in-place modes).
     """
     from ._activations import ACTIVATIONS
     from ._state import MODES, t_kind
@@ -215,11 +223,31 @@ def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
                 continue
             if vector and family.endswith("_last") and not last_vector_fits(xd, idx64):
                 continue   # the scalar path
-            for extrema in (False, True) if "extrema" in FILES[family].uses else (False,):
+            for extrema, saturated in _check_flags(family, act, t):
                 if extrema and vector and not extrema_vector_fits(family, xd, idx64):
                     continue   # the scalar path
                 key = (family, defines(family, store=xd, param=pd, act=act, t=t, idx64=idx64,
-                                       vector=vector, acc=acc, extrema=extrema))
+                                       vector=vector, acc=acc, extrema=extrema,
+                                       saturated=saturated))
                 if key not in seen:
                     seen.add(key)
                     yield key
+
+
+def saturation_counted(act: int, t: int) -> bool:
+    """Whether a checked backward may count saturated outputs: an activation whose inverse
+    clamps (ELU, at its asymptote -alpha) with t rebuilt from z (the in-place modes)."""
+    from ._activations import ACTIVATIONS
+    from ._state import T_XHAT_FROM_X
+    return t != T_XHAT_FROM_X and any(a.code == act and a.saturated is not None
+                                      for a in ACTIVATIONS.values())
+
+
+def _check_flags(family: str, act, t):
+    """(extrema, saturated) of the variants of ``family``: unchecked, then the check's."""
+    uses = FILES[family].uses
+    if "extrema" in uses:
+        return ((False, False), (True, False))
+    if "saturated" in uses and saturation_counted(act, t):
+        return ((False, False), (False, True))
+    return ((False, False),)

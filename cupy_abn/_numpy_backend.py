@@ -141,18 +141,25 @@ class NumpyBackend:
             tt = (act.inverse(z3, p) - col(BETA)) / col(G)
         else:   # T_U: u = y - beta, not y (sum dy*y - beta*sum dy cancels for small gamma)
             tt = act.inverse(z3, p) - col(BETA)
-        return dy, tt, stats, t
+        return dy, tt, stats, t, (z, act, p)   # z: no copy kept (float16 z3 is one)
 
-    def grad_sums(self, terms):
-        """Per-channel partial sums ``(sum dy, sum dy * t)``, each ``(C, 1)``."""
+    def grad_sums(self, terms, saturated: bool = False):
+        """Per-channel partial sums ``(sum dy, sum dy * t)``, each ``(C, 1)``; with
+        ``saturated`` also the count of outputs the activation's inverse clamps (ELU at
+        -alpha), ``(C, 1)``."""
         dy, tt = terms[:2]
         acc = dy.dtype
-        return (dy.sum(axis=(0, 2), dtype=acc)[:, None],
+        sums = (dy.sum(axis=(0, 2), dtype=acc)[:, None],
                 (dy * tt).sum(axis=(0, 2), dtype=acc)[:, None])
+        if not saturated:
+            return sums
+        z, act, p = terms[4]
+        z3 = _as_ncs(z).astype(acc, copy=False)
+        return sums + (np.count_nonzero(act.saturated(z3, p), axis=(0, 2))[:, None],)
 
     def backward_local(self, terms, gamma, dx, *, m, training, abs_gamma):
         """A backward without a synchronization hook: dx into ``dx``, returns dgamma, dbeta."""
-        _, _, stats, t = terms
+        stats, t = terms[2:4]
         dgamma, dbeta, coef = self.channel_backward(*self.grad_sums(terms), stats, gamma, m=m,
                                                     t=t, training=training,
                                                     abs_gamma=abs_gamma)

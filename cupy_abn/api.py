@@ -64,7 +64,10 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         In training, raise :class:`cupy_abn.NonFiniteError` before anything is written
         when x holds NaN or Inf or a float16 output would overflow (default: the global
         switch, :func:`cupy_abn.set_check_finite`, off).  No extra pass over x: the statistics
-        reduction records it; the cost is a host round trip.
+        reduction records it; the cost is a host round trip.  ELU outputs saturated at
+        -alpha (y below about -8.3 for float16 outputs, -16.2 for float32, -16.1 for
+        float64), which the in-place backward cannot invert, are caught by the backward's
+        check (:func:`abn_backward`).
 
     Returns
     -------
@@ -76,8 +79,13 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
 
     Raises
     ------
-    TypeError, ValueError
-        On bad input, before anything is written.
+    TypeError
+        For an argument of the wrong type, before anything is written.
+    ValueError
+        For any other bad input (the message names the argument), before anything is
+        written.
+    NonFiniteError
+        With the finiteness check on (``check_finite``), before anything is written.
     """
     return _abn_forward(x, gamma, beta, running_mean, running_var, training=training,
                         decay=decay, eps=eps, activation=activation,
@@ -197,7 +205,15 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
         Where to write dL/dx; may be ``grad_output`` itself to save memory.
     check_finite : bool, optional
         Raise :class:`cupy_abn.NonFiniteError` before dx is written when grad_output (or the
-        saved output) holds NaN or Inf (default: :func:`cupy_abn.set_check_finite`).
+        saved output) holds NaN or Inf (default: :func:`cupy_abn.set_check_finite`).  In the
+        in-place modes' training backward with ELU, also raise
+        :class:`cupy_abn.SaturatedActivationError` (a NonFiniteError, naming each channel and
+        its count) when outputs sit at the asymptote -alpha, from which y cannot be rebuilt
+        and the gradient would be silently wrong: y below about -8.3 for float16 outputs
+        (z rounds to -alpha), -16.2 for float32, and -16.1 for float64 (where the inverse's
+        clamp at z / alpha = -1 + 1e-7 binds first).  The reduction that reads z anyway
+        counts them: no extra pass.  Nothing is written before either error, not even
+        ``out=grad_output``.
 
     Returns
     -------
@@ -249,11 +265,24 @@ def _backward(be, saved, z, grad_output, out, combine_sums, check=False):
         dgamma, dbeta = be.backward_local(terms, saved.gamma, dx, m=saved.m,
                                           training=saved.training, abs_gamma=abs_gamma)
     else:   # the partial sums cross processes between the reduction and its finish
-        sums = be.grad_sums(terms) if size else _empty_moments(be, z, saved.stats.dtype)[1:3]
+        # The check also counts ELU outputs whose y is lost, in the same read of z.
+        saturated = bool(size) and check and _finite.saturation_checked(
+            saved.activation, t, saved.training)
+        counts = None
+        if not size:
+            sums = _empty_moments(be, z, saved.stats.dtype)[1:3]
+        elif saturated:
+            partials = be.grad_sums(terms, saturated=True)
+            sums, counts = partials[:2], partials[2]
+        else:
+            sums = be.grad_sums(terms)
         if combine_sums is not None:
             sums = combine_sums(*sums)
         if check:   # before dx is written
             _finite.check_sums(*sums)
+            if counts is not None:
+                _finite.check_saturated(counts, saved.activation, saved.activation_param,
+                                        z.dtype)
         dgamma, dbeta, coef = be.channel_backward(*sums, saved.stats, saved.gamma, m=saved.m,
                                                   t=t, training=saved.training,
                                                   abs_gamma=abs_gamma)

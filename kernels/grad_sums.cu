@@ -3,8 +3,18 @@
  * channel_moments.cu; x is read only for plain ABN (T_XHAT_FROM_X).  Outputs at [c * B + b];
  * with finish != 0 the last block of a channel to arrive writes dgamma, dbeta and the
  * coefficients of grad_input.cu (channel_grads.cuh): the backward is this launch and
- * grad_input.  Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC),
- * activation.cuh, channel_reduce.cuh, grad_terms.cuh, channel_grads.cuh, T_KIND. */
+ * grad_input.  With SATURATED (the finiteness check, never finishing) the block also counts
+ * the saturated ELU outputs of its slice into saturated[c * B + b] (channel_saturated.cuh).
+ * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), activation.cuh,
+ * channel_reduce.cuh, grad_terms.cuh, channel_grads.cuh, channel_saturated.cuh, T_KIND. */
+
+/* The check's variants (SATURATED) keep one pack per tensor in flight on the vector path: the
+ * count's register would spill the float16 packs' variants (and float64's with 64-bit
+ * indices) at two.  cupy_abn/_kernel_backend.py: unroll(). */
+#if SATURATED && VEC != 1
+#undef UNROLL
+#define UNROLL 1
+#endif
 
 /* One pack's dy and dy * t into the lanes' sums a, at. */
 DEVICE void grads_add(const acc_t *vz, const acc_t *vdz, const acc_t *vx, acc_t param,
@@ -24,10 +34,14 @@ void grad_sums(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const s
                unsigned int parts, acc_t param, acc_t rparam, GLOBAL acc_t *sum_dy,
                GLOBAL acc_t *sum_dy_t, GLOBAL unsigned int *arrivals, int finish,
                GLOBAL const param_t *gamma, acc_t m_count, int training, int abs_gamma,
-               GLOBAL param_t *dgamma, GLOBAL param_t *dbeta, GLOBAL acc_t *coef)
+               GLOBAL param_t *dgamma, GLOBAL param_t *dbeta, GLOBAL acc_t *coef SATURATED_ARG)
 {
     SHARED acc_t s_dy[MAX_BLOCK];
     SHARED acc_t s_dyt[MAX_BLOCK];
+#if SATURATED
+    SHARED unsigned int s_sat[MAX_BLOCK];
+    unsigned int nsat = 0;
+#endif
     const unsigned int tid = THREAD_ID;
     const unsigned int c = BLOCK_ID / parts;
     const unsigned int b = BLOCK_ID - c * parts;
@@ -52,12 +66,18 @@ void grad_sums(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const s
         }
         UNROLLED for (int u = 0; u < UNROLL; ++u)
             grads_add(vz[u], vdz[u], vx[u], param, rparam, t_shift, t_scale, a, at);
+#if SATURATED
+        UNROLLED for (int u = 0; u < UNROLL; ++u) nsat += saturated_in_pack(vz[u], rparam);
+#endif
     }
     for (; j < m; j += stride) {
         acc_t vz[VEC], vdz[VEC], vx[VEC];
         load_terms(zc, dzc, xc, w.row * plane + w.col, vz, vdz, vx);
         walk_step(&w);
         grads_add(vz, vdz, vx, param, rparam, t_shift, t_scale, a, at);
+#if SATURATED
+        nsat += saturated_in_pack(vz, rparam);
+#endif
     }
     acc_t sdy = 0, sdt = 0;
     UNROLLED for (int k = 0; k < VEC; ++k) {
@@ -65,6 +85,10 @@ void grad_sums(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const s
         sdt += at[k];
     }
     tile_sum2(s_dy, s_dyt, 1, &sdy, &sdt);
+#if SATURATED
+    tile_count(s_sat, 1, &nsat);
+    if (tid == 0) saturated[c * parts + b] = nsat;
+#endif
     if (tid != 0) return;
     publish(sum_dy + c * parts + b, sdy);
     publish(sum_dy_t + c * parts + b, sdt);

@@ -1,9 +1,10 @@
 /* Per-(channel, block) partial sums of dy and dy * t of channels-last tensors, viewed as
  * (M, C) rows of P packs (channel_tile.cuh); dy and t rebuilt per element from z
  * (grad_terms.cuh), as grad_sums.cu, whose outputs and finish this has: the last block of a
- * tile writes dgamma, dbeta and the coefficients of its channels (channel_grads.cuh).
+ * tile writes dgamma, dbeta and the coefficients of its channels (channel_grads.cuh); with
+ * SATURATED, the saturated ELU outputs of each channel's slice (channel_saturated.cuh).
  * Needs: storage.h, activation.cuh, channel_reduce.cuh, grad_terms.cuh, channel_grads.cuh,
- * channel_tile.cuh, T_KIND. */
+ * channel_tile.cuh, channel_saturated.cuh, T_KIND. */
 /* t's scale is constant per channel, so it multiplies each column's sum once, after the
  * loop (that frees VEC registers).  Rows in flight per thread: the per-channel shifts and sums
  * of a pack column take 3 * VEC registers, so fewer rows than grad_sums.cu.
@@ -31,13 +32,18 @@ void grad_sums_last(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL co
                     acc_t rparam, GLOBAL acc_t *sum_dy, GLOBAL acc_t *sum_dy_t,
                     GLOBAL unsigned int *arrivals, int finish, GLOBAL const param_t *gamma,
                     acc_t m_count, int training, int abs_gamma, GLOBAL param_t *dgamma,
-                    GLOBAL param_t *dbeta, GLOBAL acc_t *coef)
+                    GLOBAL param_t *dbeta, GLOBAL acc_t *coef SATURATED_ARG)
 {
     SHARED acc_t s_dy[MAX_BLOCK];
     SHARED acc_t s_dyt[MAX_BLOCK];
     SHARED acc_t s_col_dy[MAX_BLOCK];    /* row 0's column sums: tile_x * VEC <= 32 * 8 */
     SHARED acc_t s_col_dyt[MAX_BLOCK];
     SHARED int s_last;
+#if SATURATED
+    SHARED unsigned int s_sat[MAX_BLOCK];
+    unsigned int nsat[VEC];
+    UNROLLED for (int k = 0; k < VEC; ++k) nsat[k] = 0;
+#endif
     idx_t r, dr;
     tile_walk_t w = tile_start(packs, tile_x, parts, &r, &dr);
     acc_t t_shift[VEC], a[VEC], at[VEC];
@@ -53,11 +59,17 @@ void grad_sums_last(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL co
                 load_terms(z, dz, x, i + u * w.di, vz[u], vdz[u], vx[u]);
             UNROLLED for (int u = 0; u < UNROLL; ++u)
                 grads_add_columns(vz[u], vdz[u], vx[u], param, rparam, t_shift, a, at);
+#if SATURATED
+            UNROLLED for (int u = 0; u < UNROLL; ++u) saturated_add(vz[u], rparam, nsat);
+#endif
         }
         for (; r < m; r += dr, i += w.di) {
             acc_t vz[VEC], vdz[VEC], vx[VEC];
             load_terms(z, dz, x, i, vz, vdz, vx);
             grads_add_columns(vz, vdz, vx, param, rparam, t_shift, a, at);
+#if SATURATED
+            saturated_add(vz, rparam, nsat);
+#endif
         }
     }
     UNROLLED for (int k = 0; k < VEC; ++k) {
@@ -67,6 +79,12 @@ void grad_sums_last(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL co
             s_col_dyt[THREAD_ID * VEC + k] = at[k];
         }
     }
+#if SATURATED
+    UNROLLED for (int k = 0; k < VEC; ++k) {
+        tile_count(s_sat, tile_x, &nsat[k]);
+        if (w.ly == 0 && w.active) saturated[(w.p * VEC + k) * parts + w.b] = nsat[k];
+    }
+#endif
     /* Not unrolled, from shared memory: a division per channel (t's scale 1 / g) with every
      * column sum live would need a stack frame. */
     if (w.ly == 0 && w.active)

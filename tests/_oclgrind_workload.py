@@ -3,6 +3,7 @@ reads its OCLGRIND_* settings when the platform loads):
 
     python -m tests._oclgrind_workload CASE_ID   # one case of tests/_kernel_matrix.py
     python -m tests._oclgrind_workload planted   # a kernel that writes out of bounds
+    python -m tests._oclgrind_workload saturated # the check's count of saturated ELU outputs
 
 Exit status 0 when the case ran and matched its references; Oclgrind's reports go to the file
 named by OCLGRIND_LOG, which the test reads."""
@@ -28,8 +29,37 @@ def oclgrind_queue():
     raise SystemExit("no Oclgrind platform")
 
 
+def saturated(queue) -> None:
+    """The SATURATED variants of grad_sums (NCS, several blocks per channel) and
+    grad_sums_last (channels-last float64 packs, two tiles, several blocks per tile): their
+    per-channel counts equal NumPy's."""
+    from cupy_abn._kernel_backend import KernelBackend
+    from cupy_abn._numpy_backend import NumpyBackend
+    from cupy_abn._runtime_opencl import OpenCLRuntime
+    from cupy_abn._state import N_ROWS, T_U
+    be, npb = KernelBackend(OpenCLRuntime(queue)), NumpyBackend()
+    rng = np.random.default_rng(0)
+    for shape, dtype in (((4, 2, 32, 32), np.float32), ((300, 100), np.float64)):
+        z = rng.choice(np.array([-0.5, -0.25, 0.5], dtype), size=shape)   # alpha 0.5
+        dz = rng.standard_normal(shape).astype(dtype)
+        stats = np.ones((N_ROWS, shape[1]), dtype)
+        d = [cla.to_device(queue, np.ascontiguousarray(a)) for a in (z, dz, stats)]
+        counts = be.grad_sums(be.backward_terms(d[0], d[1], None, d[2], "elu", 0.5, T_U),
+                              saturated=True)[2]
+        assert counts.shape[1] > 1, counts.shape
+        want = npb.grad_sums(npb.backward_terms(z, dz, None, stats, "elu", 0.5, T_U),
+                             saturated=True)[2][:, 0]
+        got = counts.get().astype(np.int64).sum(axis=1)
+        assert (got == want).all() and want.sum() > 0, (got, want)
+
+
 def main(what: str) -> int:
     queue = oclgrind_queue()
+    if what == "saturated":
+        saturated(queue)
+        queue.finish()
+        print("ok saturated")
+        return 0
     if what == "planted":
         buf = cla.zeros(queue, (4,), np.float32)
         prg = cl.Program(queue.context, PLANTED).build()

@@ -1,5 +1,7 @@
-"""The demo: both networks compute the same function, train side by side, and the in-place one
-keeps less memory for backward (bytes counted by tracemalloc: no timing is asserted)."""
+"""The demo: both networks compute the same function, train side by side (their steps
+interleaved, the step-time ratio the median of the per-pair ratios with its spread), and the
+in-place one keeps less memory for backward (bytes counted by tracemalloc: no timing is
+asserted)."""
 import json
 import warnings
 
@@ -75,7 +77,8 @@ def test_demo_writes_json_and_png_with_tracking_losses(tmp_path):
     for kind in network.KINDS:
         run = runs[kind]
         assert len(run["loss"]) == 8 and all(np.isfinite(run["loss"]))
-        assert run["timed_steps"] == 8 - demo.WARMUP
+        assert run["timed_steps"] == len(run["step_ms"]) == 8 - demo.WARMUP
+        assert run["step_ms_median"] == pytest.approx(np.median(run["step_ms"]))
         assert run["in_place_fallback_copies"] == 0
         fit = run["largest_batch"]
         assert 0 < fit["peak_bytes"] <= 4 * 2 ** 20
@@ -83,6 +86,42 @@ def test_demo_writes_json_and_png_with_tracking_losses(tmp_path):
     assert saved["loss_tracking"]["first_10_max_abs_diff"] < 1e-3
     assert saved["kept_ratio"] < 0.75
     assert runs["inplace"]["largest_batch"]["batch"] >= runs["standard"]["largest_batch"]["batch"]
+    # The step-time ratio: the median of the per-pair ratios (pair i: step i of each), inside
+    # its quartiles and range.
+    spread = saved["step_time_ratio_spread"]
+    pairs = np.array(runs["inplace"]["step_ms"]) / np.array(runs["standard"]["step_ms"])
+    assert spread["pairs"] == len(pairs) == 8 - demo.WARMUP
+    assert saved["step_time_ratio"] == spread["median"]
+    assert spread["median"] == pytest.approx(np.median(pairs))
+    assert spread["min"] == pytest.approx(pairs.min()) and spread["max"] == pytest.approx(
+        pairs.max())
+    assert spread["min"] <= spread["q1"] <= spread["median"] <= spread["q3"] <= spread["max"]
+    assert spread["q1"] == pytest.approx(np.percentile(pairs, 25))
+
+
+def test_demo_interleaves_the_networks_steps_alternating_which_goes_first(monkeypatch,
+                                                                          tmp_path):
+    calls = []
+    real_step, real_measured = Trainer.step, Trainer.measured_step
+
+    def step(self, x, t):
+        calls.append(("step", self.kind))
+        return real_step(self, x, t)
+
+    def measured(self, x, t):
+        calls.append(("measured", self.kind))
+        return real_measured(self, x, t)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    monkeypatch.setattr(Trainer, "measured_step", measured)
+    demo.main(SMALL + ["--out", str(tmp_path)])
+    std, inp = network.KINDS
+    want = []
+    for i in range(8):
+        what = "measured" if i == demo.MEASURED_STEP else "step"
+        want += [(what, k) for k in ((std, inp) if i % 2 == 0 else (inp, std))]
+    assert calls[:16] == want      # then the largest-batch search, one network at a time
+    assert all(what == "measured" for what, _ in calls[16:])
 
 
 @pytest.mark.parametrize("steps", ["1", "2", "5"])
@@ -103,7 +142,11 @@ def test_demo_at_its_minimum_steps_reports_a_step_time(tmp_path, capsys):
     for run in result["runs"].values():
         assert run["timed_steps"] == 1 and run["step_ms_median"] > 0
     assert result["step_time_ratio"] > 0
-    assert "step time" in capsys.readouterr().out
+    spread = result["step_time_ratio_spread"]
+    assert spread["pairs"] == 1
+    assert spread["min"] == spread["q1"] == spread["median"] == spread["q3"] == spread["max"]
+    out = capsys.readouterr().out
+    assert "step time" in out and "median of 1 interleaved pairs" in out
 
 
 def test_summary_prints_n_a_for_a_missing_step_time(capsys):
@@ -172,13 +215,16 @@ def _toy_result(step_ms=(12.0, 10.0)):
         runs[kind] = {"label": network.LABELS[kind], "loss": list(np.linspace(3, 0.1, 40)),
                       "kept_for_backward_bytes": kept * 2 ** 20,
                       "peak_step_bytes": (kept + 6) * 2 ** 20, "step_ms_median": ms,
+                      "step_ms": [] if ms is None else [ms - 1, ms, ms + 2],
                       "largest_batch": {"batch": batch}}
     std, inp = (runs[k] for k in ("standard", "inplace"))
+    spread = None if None in step_ms else {"median": 0.83, "q1": 0.78, "q3": 0.9, "min": 0.6,
+                                           "max": 1.3, "pairs": 3}
     return {"device": "CPU: test", "norm_layers": 6, "runs": runs,
             "config": {"batch": 16, "budget_mib": 256},
             "kept_ratio": 0.6, "peak_ratio": 0.8,
-            "step_time_ratio": (None if None in step_ms
-                                else inp["step_ms_median"] / std["step_ms_median"]),
+            "step_time_ratio": None if spread is None else spread["median"],
+            "step_time_ratio_spread": spread,
             "largest_batch_ratio": 470 / 375,
             "loss_tracking": {"first_10_max_abs_diff": 1e-5, "mean_of_10_max_abs_diff": 0.1}}
 
@@ -201,6 +247,11 @@ def test_figure_shows_step_time_ratios_labels_and_readable_legends(tmp_path, mon
     for ax in fig.axes:
         assert ax.get_ylabel()                      # every panel says what its axis is
     assert "step time" in ax_time.get_title() and "0.83x" in ax_time.get_title()
+    assert "median of 3 interleaved pairs" in ax_time.get_title()
+    assert "quartiles 0.78-0.90" in ax_time.get_title() and "range 0.60-1.30" in \
+        ax_time.get_title()
+    # whiskers: each network's quartiles of its step times
+    assert any(getattr(c, "errorbar", None) is not None for c in ax_time.containers)
     assert "1.25x" in ax_batch.get_title()          # the largest-batch panel has its ratio
     assert ax_batch.get_ylabel() == "batch size (samples)"
     fig.canvas.draw()

@@ -48,6 +48,15 @@ def test_harness_sees_a_planted_out_of_bounds_write(tmp_path):
     assert "Invalid write of size 4" in report and "Kernel: planted" in report, report
 
 
+def test_saturation_count_has_no_race_or_out_of_bounds_access(tmp_path):
+    """The finiteness check's SATURATED variants (grad_sums, grad_sums_last): their extra
+    tree reduction and per-partial writes."""
+    proc, report = _run("saturated", tmp_path)
+    assert report.strip() == "", f"Oclgrind reported:\n{report[:4000]}"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok saturated" in proc.stdout
+
+
 @pytest.mark.parametrize("case", OCLGRIND_CASES, ids=[c.id for c in OCLGRIND_CASES])
 def test_kernels_have_no_race_or_out_of_bounds_access(case, tmp_path):
     proc, report = _run(case.id, tmp_path)

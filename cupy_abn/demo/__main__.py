@@ -7,6 +7,11 @@ loss curve, the peak memory of a training step (CuPy memory hook on a GPU, trace
 CPU; measured on step 1, which is then left out of the timing), the median step time, and the
 largest batch whose training step fits in ``--budget-mib``.  Writes ``demo_<cpu|gpu>.json``
 and ``demo_<cpu|gpu>.png`` into ``--out``.
+
+The two networks train interleaved: step i of one, then step i of the other, the first of
+each pair alternating (standard first on even steps, in place first on odd ones), so that
+both see the same load on the machine.  The step-time ratio (in place / standard) is the
+median of the per-pair ratios, reported with its quartiles and range.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -71,33 +76,64 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def _train(run: Trainer, data: network.SyntheticData, steps: int, batch: int,
-           progress: bool) -> Dict[str, Any]:
+def _train(runs: Dict[str, Trainer], data: network.SyntheticData, steps: int, batch: int,
+           progress: bool) -> Tuple[Dict[str, Dict[str, Any]], List[float]]:
+    """Train the networks of ``runs`` step by step, interleaved: step i of each, the first of
+    the pair alternating with i.  Returns each network's results and the per-pair step-time
+    ratios in place / standard of the timed steps."""
     from tqdm.auto import tqdm
     from ..chainer import InPlaceFallbackWarning
 
-    losses, times, kept, peak = [], [], 0, 0
-    bar = tqdm(range(steps), desc=f"{run.kind:>8}", disable=not progress, leave=True)
+    kinds = list(runs)
+    rec = {k: {"loss": [], "times": [], "kept": 0, "peak": 0, "fallbacks": 0} for k in kinds}
+    ratios: List[float] = []
+    bar = tqdm(range(steps), desc=" / ".join(kinds), disable=not progress, leave=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InPlaceFallbackWarning)
         for i in bar:
-            x, t = data.batch(i, batch, run.xp)
-            if i == MEASURED_STEP:
-                loss, kept, peak = run.measured_step(x, t)
-                losses.append(loss)
-                continue
-            run.sync()
-            start = time.perf_counter()
-            losses.append(run.step(x, t))   # float(): waits for the GPU
-            if i >= WARMUP:
-                times.append(time.perf_counter() - start)
+            pair = {}
+            for kind in (kinds if i % 2 == 0 else kinds[::-1]):   # who goes first alternates
+                run, r = runs[kind], rec[kind]
+                x, t = data.batch(i, batch, run.xp)
+                seen = len(caught)
+                if i == MEASURED_STEP:
+                    loss, r["kept"], r["peak"] = run.measured_step(x, t)
+                else:
+                    run.sync()
+                    start = time.perf_counter()
+                    loss = run.step(x, t)   # float(): waits for the GPU
+                    if i >= WARMUP:
+                        pair[kind] = time.perf_counter() - start
+                r["loss"].append(loss)
+                r["fallbacks"] += sum(issubclass(w.category, InPlaceFallbackWarning)
+                                      for w in caught[seen:])
+            for kind, seconds in pair.items():
+                rec[kind]["times"].append(seconds)
+            if len(pair) == 2:
+                ratios.append(pair["inplace"] / pair["standard"])
             if i % 10 == 0:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    fallbacks = sum(issubclass(w.category, InPlaceFallbackWarning) for w in caught)
-    return {"loss": losses, "kept_for_backward_bytes": kept, "peak_step_bytes": peak,
-            "step_ms_median": 1e3 * float(np.median(times)) if times else None,
-            "step_ms_mean": 1e3 * float(np.mean(times)) if times else None,
-            "timed_steps": len(times), "in_place_fallback_copies": fallbacks}
+                bar.set_postfix({k: f"{rec[k]['loss'][-1]:.3f}" for k in kinds})
+    out = {}
+    for kind, r in rec.items():
+        times = r["times"]
+        out[kind] = {"loss": r["loss"], "kept_for_backward_bytes": r["kept"],
+                     "peak_step_bytes": r["peak"],
+                     "step_ms_median": 1e3 * float(np.median(times)) if times else None,
+                     "step_ms_mean": 1e3 * float(np.mean(times)) if times else None,
+                     "timed_steps": len(times), "step_ms": [1e3 * t for t in times],
+                     "in_place_fallback_copies": r["fallbacks"]}
+    return out, ratios
+
+
+def _spread(ratios: List[float]) -> Optional[Dict[str, Any]]:
+    """Median, quartiles and range of the per-pair step-time ratios (None without any)."""
+    if not ratios:
+        return None
+    r = np.asarray(ratios, float)
+    q1, median, q3 = (float(v) for v in np.percentile(r, [25, 50, 75]))
+    return {"median": median, "q1": q1, "q3": q3, "min": float(r.min()),
+            "max": float(r.max()), "pairs": int(r.size),
+            "order": "interleaved, the first of each pair alternating"}
 
 
 def _largest_batch(run: Trainer, data: network.SyntheticData, budget: int,
@@ -136,17 +172,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     print(f"cupy-abn demo on {env['device']}: batch {batch}, {cfg.size}x{cfg.size} images, "
           f"widths {widths}, {args.steps} steps per network")
 
-    runs: Dict[str, Dict[str, Any]] = {}
-    for kind in network.KINDS:
-        run = Trainer(kind, cfg, args.lr, gpu)
-        res = _train(run, data, args.steps, batch, not args.no_progress)
-        res["label"] = network.LABELS[kind]
-        res["largest_batch"] = _largest_batch(run, data, budget_mib * 2 ** 20, batch)
-        runs[kind] = res
-        n_norm = network.norm_layers(run.net)
+    trainers = {kind: Trainer(kind, cfg, args.lr, gpu) for kind in network.KINDS}
+    runs, ratios = _train(trainers, data, args.steps, batch, not args.no_progress)
+    n_norm = network.norm_layers(trainers["inplace"].net)
+    for kind in network.KINDS:   # memory only: one network at a time
+        run = trainers.pop(kind)
+        runs[kind]["label"] = network.LABELS[kind]
+        runs[kind]["largest_batch"] = _largest_batch(run, data, budget_mib * 2 ** 20, batch)
         del run
 
     std, inp = runs["standard"], runs["inplace"]
+    spread = _spread(ratios)
     result = {
         "device": env["device"], "environment": env,
         "config": dict(asdict(cfg), batch=batch, steps=args.steps, lr=args.lr,
@@ -154,8 +190,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "norm_layers": n_norm, "runs": runs,
         "peak_ratio": inp["peak_step_bytes"] / std["peak_step_bytes"],
         "kept_ratio": inp["kept_for_backward_bytes"] / std["kept_for_backward_bytes"],
-        "step_time_ratio": (inp["step_ms_median"] / std["step_ms_median"]
-                            if std["step_ms_median"] else None),
+        # the median of the per-pair ratios (interleaved steps), and its spread
+        "step_time_ratio": spread["median"] if spread else None,
+        "step_time_ratio_spread": spread,
         "largest_batch_ratio": (inp["largest_batch"]["batch"]
                                 / max(1, std["largest_batch"]["batch"])),
         "loss_tracking": _tracking(std["loss"], inp["loss"]),
@@ -190,6 +227,11 @@ def _print(result: Dict[str, Any], path: Path) -> None:
           f"peak {result['peak_ratio']:.3f}, step time "
           f"{_fmt(result['step_time_ratio'], '.3f')}, "
           f"largest batch {result['largest_batch_ratio']:.2f}x")
+    spread = result.get("step_time_ratio_spread")
+    if spread:
+        print(f"step time ratio: median of {spread['pairs']} interleaved pairs "
+              f"{spread['median']:.3f}, quartiles {spread['q1']:.3f}-{spread['q3']:.3f}, "
+              f"range {spread['min']:.3f}-{spread['max']:.3f}")
     print(f"losses (initial {track['initial_loss']:.3f}) differ by at most "
           f"{track['first_10_max_abs_diff']:.1e} over the first 10 steps, "
           f"{track['mean_of_10_max_abs_diff']:.1e} as means of 10 steps, "

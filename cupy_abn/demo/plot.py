@@ -89,16 +89,36 @@ def plot(result: Dict[str, Any], path: Path) -> None:
                      f"in place / standard: kept {result['kept_ratio']:.2f}x, "
                      f"peak {result['peak_ratio']:.2f}x", fontsize=10)
 
+    # Bars: each network's median step time, whiskers its quartiles; the title: the median of
+    # the per-pair ratios of the interleaved steps, with their quartiles and range.
     times = [runs[k].get("step_ms_median") for k in kinds]
+    quart = [np.percentile(runs[k]["step_ms"], [25, 75]) if runs[k].get("step_ms") else None
+             for k in kinds]
+    err = None
+    if all(q is not None for q in quart) and None not in times:
+        err = np.array([[t - q[0] for t, q in zip(times, quart)],
+                        [q[1] - t for t, q in zip(times, quart)]])
     bars = ax_time.bar(pos, [t if t is not None else 0 for t in times], 0.6, color=colors,
-                       edgecolor="black")
-    ax_time.bar_label(bars, labels=["n/a" if t is None else f"{t:.0f}" for t in times],
-                      fontsize=9)
-    _headroom(ax_time, times)
+                       edgecolor="black", yerr=err, capsize=4 if err is not None else 0)
+    if err is None:
+        ax_time.bar_label(bars, labels=["n/a" if t is None else f"{t:.0f}" for t in times],
+                          fontsize=9)
+        _headroom(ax_time, times)
+    else:   # the value above the upper whisker
+        tops = [t + e for t, e in zip(times, err[1])]
+        for x, t, top in zip(pos, times, tops):
+            ax_time.annotate(f"{t:.0f}", (x, top), xytext=(0, 2), textcoords="offset points",
+                             ha="center", va="bottom", fontsize=9)
+        _headroom(ax_time, tops)
     ax_time.set_xticks(pos, labels)
-    ax_time.set_ylabel("ms per training step (median)")
-    ax_time.set_title(f"step time\nin place / standard: "
-                      f"{_ratio(result.get('step_time_ratio'))}", fontsize=10)
+    ax_time.set_ylabel("ms per training step (median, quartiles)")
+    title = f"step time\nin place / standard: {_ratio(result.get('step_time_ratio'))}"
+    spread = result.get("step_time_ratio_spread")
+    if spread:
+        title += (f"\nmedian of {spread['pairs']} interleaved pairs\n"
+                  f"quartiles {spread['q1']:.2f}-{spread['q3']:.2f}, "
+                  f"range {spread['min']:.2f}-{spread['max']:.2f}")
+    ax_time.set_title(title, fontsize=10 if not spread else 9)
 
     batches = [runs[k]["largest_batch"]["batch"] for k in kinds]
     bars = ax_batch.bar(pos, batches, 0.6, color=colors, edgecolor="black")
