@@ -17,8 +17,9 @@
 #define UNROLLED _Pragma("unroll")
 #define ROLLED _Pragma("unroll 1")   /* per-channel tails: code size, registers */
 #define LAUNCH_BOUNDS(max_threads, min_blocks) __launch_bounds__(max_threads, min_blocks)
-/* Inter-block hand-off of the reductions (reduce_block.cuh): a block publishes its partial,
- * fences, then counts itself in; the last block to arrive reads every partial. */
+/* Inter-block hand-off of the reductions (channel_reduce.cuh, channel_tile.cuh): a block
+ * publishes its partial, fences, then counts itself in; the last block to arrive reads every
+ * partial. */
 #define FENCE_GLOBAL() __threadfence()
 #define ATOMIC_INC(p) atomicAdd((p), 1u)
 #define F32_FN(name) name##f
