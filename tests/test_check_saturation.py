@@ -172,7 +172,7 @@ def test_numpy_counts_exactly_where_the_inverse_clamps(dtype):
 @pytest.mark.parametrize("shape", [(16, 3, 48, 48), (4, 3, 7, 7), (2000, 8), (700, 37)],
                          ids=["nchw-packs-B>1", "nchw-scalar", "last-packs-B>1",
                               "last-scalar"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=FULL)])
 def test_kernel_counts_equal_numpy_at_the_clamp(shape, dtype):
     """The SATURATED variants of grad_sums and grad_sums_last on z planted with values at
     and next to the clamp, several partials per channel: the per-channel counts equal

@@ -19,6 +19,9 @@ import fit_model  # noqa: E402
 import gpu_proof  # noqa: E402
 import kernels  # noqa: E402
 
+# The proof drives its own processes: independent of the tox environment's versions.
+pytestmark = pytest.mark.once
+
 
 @pytest.fixture
 def work(tmp_path, monkeypatch):
