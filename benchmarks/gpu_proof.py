@@ -7,12 +7,12 @@ Here (no GPU):
     python benchmarks/gpu_proof.py part2 --dry-run    # print the plan only
     python benchmarks/gpu_proof.py unpack DIR         # returned files -> benchmarks/results/
 On the GPU machine (CuPy, NumPy 2, PyTorch, nvcc; no Chainer, no network):
-    python3 benchmarks/gpu_proof.py part1 --out $OUT  # install, GPU tests, build inplace_abn
-    python3 benchmarks/gpu_proof.py part2 --out $OUT  # kernels, demo, memory, fit
+    python3 benchmarks/gpu_proof.py part1 --out DIR   # install, GPU tests, build inplace_abn
+    python3 benchmarks/gpu_proof.py part2 --out DIR   # kernels, demo, memory, fit
 
 Every step runs as a child process with a time limit and its own log; a step that fails is
-recorded and the next one runs.  Each part writes into ``--out`` (the device tool returns at
-most 8 files): ``gpu_proof_<part>_<device>.json`` (the summary: device, steps, statuses),
+recorded and the next one runs.  Each part writes into ``--out`` a few files, so that
+they are easy to copy back: ``gpu_proof_<part>_<device>.json`` (the summary: device, steps, statuses),
 ``gpu_proof_<part>_<device>.tar.gz`` (every result JSON/PNG and log), and after part 1 the
 inplace_abn wheel it built (so that a cold machine need not build it again in part 2).
 """
@@ -49,7 +49,7 @@ CHAINER = "chainer==7.8.1"
 INPLACE_ABN = ("inplace-abn-1.1.0.tar.gz",
                "7c286ca53d35cb37b0d1f8b9beb5a910c694129d3d4f7b8e53188370bb260c27")
 CARRY_LIMIT = 30 << 20
-PART_BUDGET_S = 540           # of the device tool's 600 s per command
+PART_BUDGET_S = 540           # each part fits a 10-minute command, with a margin
 
 PLAN = {"part1": ("install", "environment", "build_inplace_abn", "tests"),
         "part2": ("install", "environment", "inplace_abn", "kernels", "demo", "memory",
@@ -159,7 +159,8 @@ def prepare(carry: Path = CARRY) -> Dict[str, Any]:
 
 
 def run_calls(carry: Path = CARRY) -> List[Dict[str, Any]]:
-    """The device tool calls, in order (each: command, carry, timeout_s)."""
+    """The commands to run on the GPU machine, in order (each: the command, the prepared
+    folder it needs there, and its time limit in seconds)."""
     rel = os.path.relpath(carry, ROOT)
     return [{"command": f"bash scripts/gpu_proof.sh {part}", "carry": [rel], "timeout_s": 600}
             for part in ("part1", "part2")]
@@ -549,10 +550,10 @@ def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("prepare", help="here: fill .gpu_carry/ and print the device calls")
+    sub.add_parser("prepare", help="here: fill .gpu_carry/ and print the commands for the GPU machine")
     for part in PLAN:
         s = sub.add_parser(part, help=f"the steps {', '.join(PLAN[part])}")
-        s.add_argument("--out", default=os.environ.get("OUT") or str(WORK / "out"))
+        s.add_argument("--out", default=str(WORK / "out"))
         s.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
                        help="cpu: every step's CPU path at toy sizes (a check without a GPU)")
         s.add_argument("--dry-run", action="store_true", help="print the steps only")
@@ -563,7 +564,7 @@ def _parse(argv):
     b.add_argument("--timeout", type=float, default=STEP_TIMEOUT["build_inplace_abn"])
     b.add_argument("--result", help="JSON to write the outcome to")
     u = sub.add_parser("unpack", help="here: returned files -> benchmarks/results/")
-    u.add_argument("src", help="the folder the device tool copied the files into")
+    u.add_argument("src", help="the folder the GPU machine's output files were copied into")
     return p.parse_args(argv)
 
 
@@ -574,7 +575,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{CARRY}: {manifest['bytes'] / 2 ** 20:.1f} MiB")
         for f in manifest["files"]:
             print(f"  {f}")
-        print("Device calls (then `bash scripts/gpu_proof.sh unpack <files_at>` after each):")
+        print("On the GPU machine (then `bash scripts/gpu_proof.sh unpack DIR` here after each):")
         for call in run_calls():
             print("  run " + json.dumps(call))
         return 0

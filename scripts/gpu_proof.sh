@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The GPU proof (README, "GPU proof"): the GPU tests, the kernel benchmark against Chainer,
 # PyTorch and Mapillary's inplace_abn, the demo's GPU memory and the static model's fit, in
-# two device calls of at most 10 minutes each.  The steps are in benchmarks/gpu_proof.py.
+# two commands of at most 10 minutes each on the GPU machine.  The steps are in benchmarks/gpu_proof.py.
 #
 #   bash scripts/gpu_proof.sh prepare        # here: .gpu_carry/ (Chainer wheel, inplace-abn
-#                                            # sdist); prints the two device calls
-#   bash scripts/gpu_proof.sh part1          # GPU machine: install, environment, GPU tests,
+#                                            # sdist); prints the two commands
+#   bash scripts/gpu_proof.sh part1 [--out DIR]  # GPU machine: install, environment, GPU tests,
 #                                            # inplace_abn built in the background
 #   bash scripts/gpu_proof.sh part2          # GPU machine: kernels, demo, memory, model fit
 #   bash scripts/gpu_proof.sh unpack DIR     # here: returned files -> benchmarks/results/
 #   bash scripts/gpu_proof.sh check          # here: both parts' CPU paths (no GPU needed)
 #
-# On the GPU machine everything goes to $OUT (the device tool returns it), the log included.
+# On the GPU machine everything goes to --out DIR (default /tmp/gpu_proof/out), the log
+# included; copy DIR back and unpack it here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 cmd=${1:-}
@@ -21,7 +22,8 @@ case "$cmd" in
     py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
     exec "$py" benchmarks/gpu_proof.py prepare "$@" ;;
   part1|part2|all)
-    out=${OUT:-/tmp/gpu_proof/out}
+    out=/tmp/gpu_proof/out
+    if [ "${1:-}" = "--out" ]; then out=$2; shift 2; fi
     mkdir -p "$out"
     export PYTHONUNBUFFERED=1
     # python3 there is the interpreter that holds PyTorch and CuPy
@@ -32,7 +34,8 @@ case "$cmd" in
     exec "$py" benchmarks/gpu_proof.py unpack "$@" ;;
   check)
     py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-    out=${OUT:-/tmp/gpu_proof/check}
+    out=/tmp/gpu_proof/check
+    if [ "${1:-}" = "--out" ]; then out=$2; shift 2; fi
     status=0
     for part in part1 part2; do
       "$py" benchmarks/gpu_proof.py "$part" --device cpu --out "$out" "$@" || status=1

@@ -1,4 +1,4 @@
-"""The GPU proof up to where a GPU is needed: the script's syntax, the device calls it asks
+"""The GPU proof up to where a GPU is needed: the script's syntax, the commands it asks
 for, every driver step's CPU path (or a clean "needs a GPU"), bundling and unpacking, the
 model fit on synthetic times, and the PyTorch-based baselines (the same layer where PyTorch
 is installed, a recorded reason where it is not; PyTorch is never needed here)."""
