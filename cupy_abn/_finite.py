@@ -9,8 +9,10 @@ It costs no extra pass over x.  The statistics reduction reads every element alr
 or Inf makes its partial's mean or M2 non-finite, and with the check on it also writes each
 partial's min and max of x, which bound y = (x - mean) * scale + beta per channel before the
 output is written (``kernels/channel_extrema.cuh``).  The backward's partial sums of dy and
-dy*t show a non-finite dz (or z) the same way.  What it costs is a host round trip per pass
-and the separate finish launch instead of the fused one.
+dy*t show a non-finite dz (or z) the same way.  What it costs is one blocking host copy per
+pass (every per-channel array the checks read, packed on the device into one buffer:
+:func:`fetch`) and the separate finish launch instead of the fused one; a capturing CUDA
+stream cannot hold it (:class:`GraphCaptureError`).
 
 ELU's saturation: z = alpha * (exp(y) - 1) rounds to -alpha once exp(y) is below about a
 quarter of the storage dtype's eps (y < -8.3 in float16, -17.3 in float32), and the inverse
@@ -31,7 +33,7 @@ on and is not checked.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -78,8 +80,45 @@ def resolve(flag: Optional[bool]) -> bool:
     return _enabled if flag is None else bool(flag)
 
 
-def _host(a: Any) -> np.ndarray:
-    return np.asarray(a.get() if hasattr(a, "get") else a)
+class GraphCaptureError(RuntimeError):
+    """The finiteness check was asked for while the current CUDA stream is capturing a graph:
+    it copies to the host and decides on the host, which a captured graph cannot replay."""
+
+
+def refuse_capture(a: Any) -> None:
+    """Raise :class:`GraphCaptureError` when ``a`` is a CuPy array and the current stream is
+    capturing a CUDA graph (before the checked pass launches anything)."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+        if cupy.cuda.get_current_stream().is_capturing():
+            raise GraphCaptureError(
+                "check_finite: the finiteness check copies to the host and decides there, "
+                "which a CUDA graph capture cannot hold; turn it off "
+                "(check_finite=False, cupy_abn.set_check_finite(False)) for the captured "
+                "steps")
+
+
+def fetch(*arrays: Any) -> List[np.ndarray]:
+    """Small device arrays on the host in one blocking copy: packed on the device into one
+    float64 buffer (exact for every dtype used here: float16/32/64 and uint32 counts), copied
+    once, split.  NumPy arrays are returned as they are."""
+    first = arrays[0]
+    if isinstance(first, np.ndarray):
+        return [np.asarray(a) for a in arrays]
+    flat = [a.ravel().astype(np.float64) for a in arrays]
+    if type(first).__module__.startswith("cupy"):
+        import cupy
+        packed = cupy.concatenate(flat)
+    else:   # pyopencl (the kernels' test runtime)
+        import pyopencl.array as cla
+        packed = cla.concatenate(flat)
+    host = packed.get()
+    out, start = [], 0
+    for a in arrays:
+        n = int(np.prod(a.shape))
+        out.append(host[start:start + n].reshape(a.shape).astype(a.dtype))
+        start += n
+    return out
 
 
 def _channels(bad: np.ndarray) -> str:
@@ -89,21 +128,41 @@ def _channels(bad: np.ndarray) -> str:
     return f"channels {idx[:8]}" + (f" and {len(idx) - 8} more" if len(idx) > 8 else "")
 
 
-def check_moments(count: Any, mean: Any, m2: Any) -> None:
-    """Raise when a channel's partial moments are not finite: x holds NaN or Inf there."""
-    mean_h, m2_h = _host(mean), _host(m2)
-    bad = ~(np.isfinite(mean_h) & np.isfinite(m2_h)).all(axis=1)
+def check_forward(mean: Any, m2: Any, stats: Optional[Any], extrema: Sequence[Any], *,
+                  eps: float, activation: str, param: float) -> None:
+    """The checks of a training forward, from one host copy of the per-channel partials
+    (``mean``, ``m2``: (C, B)), the statistics computed from them (``stats``, (6, C); None for
+    an empty local batch) and, for float16 outputs, the partials' min and max of x
+    (``extrema``; empty otherwise).
+
+    Raises
+    ------
+    NonFiniteError
+        x holds NaN or Inf; a scale 1 / sqrt(var + eps) is not finite; or a float16 output
+        would overflow.
+    """
+    given = [mean, m2] + ([stats] if stats is not None else []) + list(extrema)
+    host = fetch(*given)
+    _check_moments(host[0], host[1])
+    if stats is not None:
+        _check_stats(host[2], eps)
+        if extrema:
+            _check_float16_output(host[2], host[3], host[4], activation, param)
+
+
+def _check_moments(mean: np.ndarray, m2: np.ndarray) -> None:
+    """A channel's partial moments are not finite: x holds NaN or Inf there."""
+    bad = ~(np.isfinite(mean) & np.isfinite(m2)).all(axis=1)
     if bad.any():
         raise NonFiniteError(f"check_finite: x holds NaN or Inf (or values whose squares "
                              f"overflow the accumulation) in {_channels(bad)}; nothing was "
                              f"written (x, running statistics)")
 
 
-def check_stats(stats: Any, eps: float) -> None:
-    """Raise when a channel's scale is not finite: a constant channel (variance 0) with an
-    eps that vanishes in the accumulation dtype gives invstd = Inf, and y = 0 * Inf = NaN."""
+def _check_stats(st: np.ndarray, eps: float) -> None:
+    """A channel's scale is not finite: a constant channel (variance 0) with an eps that
+    vanishes in the accumulation dtype gives invstd = Inf, and y = 0 * Inf = NaN."""
     from ._state import INVSTD, SCALE
-    st = _host(stats)
     bad = ~(np.isfinite(st[INVSTD]) & np.isfinite(st[SCALE]))
     if bad.any():
         raise NonFiniteError(f"check_finite: 1 / sqrt(var + eps) is not finite in "
@@ -111,14 +170,14 @@ def check_stats(stats: Any, eps: float) -> None:
                              f"variance in {st.dtype}); nothing was written")
 
 
-def check_float16_output(stats: Any, xmin: Any, xmax: Any, activation: str,
-                         param: float) -> None:
-    """Raise when phi(y) of some element would exceed float16's range: y is affine in x per
-    channel and phi monotone, so the channel's min and max of x bound it."""
+def _check_float16_output(stats: np.ndarray, xmin: np.ndarray, xmax: np.ndarray,
+                          activation: str, param: float) -> None:
+    """phi(y) of some element would exceed float16's range: y is affine in x per channel and
+    phi monotone, so the channel's min and max of x bound it."""
     from ._state import BETA, MEAN, SCALE
-    st = _host(stats).astype(np.float64)
-    lo = _host(xmin).astype(np.float64).min(axis=1)
-    hi = _host(xmax).astype(np.float64).max(axis=1)
+    st = stats.astype(np.float64)
+    lo = xmin.astype(np.float64).min(axis=1)
+    hi = xmax.astype(np.float64).max(axis=1)
     phi = ACTIVATIONS[activation].forward
     ends = [phi((v - st[MEAN]) * st[SCALE] + st[BETA], param) for v in (lo, hi)]
     bound = np.maximum(np.abs(ends[0]), np.abs(ends[1]))
@@ -138,10 +197,32 @@ def saturation_checked(activation: str, t: int, training: bool) -> bool:
     return training and t != T_XHAT_FROM_X and ACTIVATIONS[activation].saturated is not None
 
 
-def check_saturated(counts: Any, activation: str, param: float, dtype: Any) -> None:
-    """Raise when a channel has outputs at ELU's asymptote (``counts``: (C, B) partial
-    counts)."""
-    n = _host(counts).astype(np.int64).sum(axis=1)
+def check_backward(sum_dy: Any, sum_dy_t: Any, counts: Optional[Any], *, activation: str,
+                   param: float, dtype: Any) -> None:
+    """The checks of a backward, from one host copy of the per-channel partial sums (C, B)
+    and, when the saturation is checked (:func:`saturation_checked`), the partial counts of
+    outputs at ELU's asymptote (``counts``).
+
+    Raises
+    ------
+    NonFiniteError
+        grad_output (or the saved output) holds NaN or Inf.
+    SaturatedActivationError
+        Outputs sit at ELU's asymptote, from which y cannot be rebuilt.
+    """
+    host = fetch(sum_dy, sum_dy_t, *([counts] if counts is not None else []))
+    a, b = host[0], host[1]
+    bad = ~(np.isfinite(a) & np.isfinite(b)).all(axis=1)
+    if bad.any():
+        raise NonFiniteError(f"check_finite: grad_output (or the saved output) holds NaN or "
+                             f"Inf in {_channels(bad)}; nothing was written (dx)")
+    if counts is not None:
+        _check_saturated(host[2], activation, param, dtype)
+
+
+def _check_saturated(counts: np.ndarray, activation: str, param: float, dtype: Any) -> None:
+    """A channel has outputs at ELU's asymptote (``counts``: (C, B) partial counts)."""
+    n = counts.astype(np.int64).sum(axis=1)
     bad = n > 0
     if not bad.any():
         return
@@ -160,12 +241,3 @@ def check_saturated(counts: Any, activation: str, param: float, dtype: Any) -> N
 def _elu_bound(dtype: Any) -> float:
     """The y below which ELU's inverse clamps, for outputs stored in ``dtype``."""
     return {np.dtype(np.float16): -8.3, np.dtype(np.float32): -16.2}.get(np.dtype(dtype), -16.1)
-
-
-def check_sums(sum_dy: Any, sum_dy_t: Any) -> None:
-    """Raise when a channel's partial gradient sums are not finite."""
-    a, b = _host(sum_dy), _host(sum_dy_t)
-    bad = ~(np.isfinite(a) & np.isfinite(b)).all(axis=1)
-    if bad.any():
-        raise NonFiniteError(f"check_finite: grad_output (or the saved output) holds NaN or "
-                             f"Inf in {_channels(bad)}; nothing was written (dx)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, NoReturn, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, NoReturn, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -122,14 +122,13 @@ def check_x(x: Any) -> None:
         fail("x", "dtype float16, float32 or float64", f"dtype {np.dtype(x.dtype)}", TypeError)
 
 
-def check_param(name: str, p: Any, channels: int, ref_dtype=None) -> None:
-    """A per-channel vector: shape ``(channels,)``, a float dtype (any, whatever x's: the
-    computation accumulates in the wider of the two, as Chainer) and, when ``ref_dtype`` is
-    given, that very dtype (gamma's)."""
-    shape = p.shape
-    if len(shape) != 1 or shape[0] != channels:
-        fail(name, f"shape ({channels},) (one value per channel of x)",
-             f"shape {tuple(shape)}")
+def check_param(name: str, p: Any, shape: tuple, ref_dtype=None, what: str = "") -> None:
+    """A per-channel parameter: ``shape`` (``(C,)``, or the kept axes' shape over ``axis``), a
+    float dtype (any, whatever x's: the computation accumulates in the wider of the two, as
+    Chainer) and, when ``ref_dtype`` is given, that very dtype (gamma's)."""
+    if tuple(p.shape) != shape:
+        fail(name, f"shape {shape} ({what or 'one value per channel of x'})",
+             f"shape {tuple(p.shape)}")
     pd = p.dtype
     if pd not in FLOAT_DTYPES:
         fail(name, "dtype float16, float32 or float64", f"dtype {np.dtype(pd)}", TypeError)
@@ -194,18 +193,44 @@ def check_in_place_target(name: str, a: Any, why: str) -> None:
              f"a non-contiguous array with strides {tuple(a.strides)}")
 
 
+class Route(NamedTuple):
+    """What one checked call needs to run: the array family of x and its layout (None:
+    channels on axis 1, the stages take x as it is; else the :class:`_geometry.Layout` of
+    ``axis``)."""
+    family: str
+    layout: Optional[G.Layout]
+
+
+def layout_of(x: Any, axis: Any) -> Optional[G.Layout]:
+    """x's :class:`_geometry.Layout` over ``axis``; None for channels on axis 1 (``axis``
+    None or every axis but 1), the layout the stages take x in as it is."""
+    if axis is None:
+        return None
+    try:
+        lay = G.layout(x.shape, axis)
+    except ValueError as err:
+        raise ValueError(f"{err} (x of shape {tuple(x.shape)})") from None
+    if len(lay.shape) >= 2 and lay.kept == (G.CHANNEL_AXIS,):
+        return None
+    return lay
+
+
 def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, decay: float,
                   eps: float, activation: str, activation_param: float, mode: str,
-                  count: Optional[int] = None) -> str:
-    """Check every argument of :func:`cupy_abn.abn_forward`; return the array family.
+                  axis: Any = None, count: Optional[int] = None,
+                  check_count: bool = True) -> Route:
+    """Check every argument of :func:`cupy_abn.abn_forward`, once, before anything is
+    allocated or written.
 
     ``count`` overrides the per-channel element count checked in training (the global count
-    of a synchronized layer, whose local batch may be empty).
+    of a synchronized layer, whose local batch may be empty); ``check_count=False`` leaves
+    that check to the caller (a synchronized layer knows the global count only after its
+    exchange: :func:`check_count`).
 
     Returns
     -------
-    str
-        The array family of ``x`` (see :func:`array_family`).
+    Route
+        The array family of ``x`` (see :func:`array_family`) and its layout over ``axis``.
 
     Raises
     ------
@@ -214,43 +239,66 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
     """
     fam = check_same_family(x, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
                                 "running_var": running_var})
-    check_x(x)
+    lay = layout_of(x, axis)
+    if lay is None:
+        check_x(x)
+        shape: Tuple[int, ...] = (G.channels(x.shape),)
+        what = ""
+        m = G.count(x.shape)
+    else:
+        if x.dtype not in FLOAT_DTYPES:
+            fail("x", "dtype float16, float32 or float64", f"dtype {np.dtype(x.dtype)}",
+                 TypeError)
+        shape, what = lay.param_shape, f"the axes of x not in axis={lay.axis}"
+        m = lay.ncs[0] * lay.ncs[2] if lay.ncs[1] else 0
     check_activation(activation, activation_param, mode)
     check_scalars(eps, decay)
-    channels = G.channels(x.shape)
-    check_param("gamma", gamma, channels)
+    check_param("gamma", gamma, shape, what=what)
     gd = gamma.dtype
-    check_param("beta", beta, channels, gd)
+    check_param("beta", beta, shape, gd, what)
     if (running_mean is None) != (running_var is None):
         fail("running_mean/running_var", "both arrays or both None",
              f"running_mean={type(running_mean).__name__}, "
              f"running_var={type(running_var).__name__}", TypeError)
     if running_mean is not None:
         for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-            check_param(name, r, channels, gd)
+            check_param(name, r, shape, gd, what)
             if training:   # strided views are fine: updated in a copy, written back
                 check_writeable(name, r, "running statistics are updated in place")
     if not training:
         if running_mean is None:
             fail("running_mean", "an array in evaluation mode (training=False normalizes "
                  "with the running statistics)", "None", TypeError)
-    else:
-        m = count if count is not None else G.count(x.shape)
-        if not m > 1:
-            if m < 1:
-                fail("x", "at least one element per channel in training (batch statistics "
-                     "of an empty batch are undefined)", f"0 elements per channel, shape "
-                     f"{tuple(x.shape)}")
-            # Chainer's behaviour: warn and compute (variance 0, so the output is beta).
-            warnings.warn(ONE_VALUE_WARNING.format(shape=tuple(x.shape)), UserWarning,
-                          stacklevel=3)
+    elif check_count:
+        check_count_of(x, count if count is not None else m, stacklevel=4)
     if mode != "standard":
-        check_in_place_target("x", x, f"mode {mode!r} writes the output into x")
-    return fam
+        why = f"mode {mode!r} writes the output into x"
+        if lay is None or lay.view:   # the stages write into x's memory
+            check_in_place_target("x", x, why)
+        else:                         # the output is moved back into x
+            check_writeable("x", x, why)
+    return Route(fam, lay)
 
 
-def check_backward(saved, grad_output, out=None) -> None:
-    """Check the arguments of :func:`cupy_abn.abn_backward`.
+def check_count_of(x: Any, m: int, stacklevel: int = 3) -> None:
+    """Training needs elements in each channel: none is an error, one a warning (Chainer's
+    behaviour: the batch variance is 0 and the output is beta)."""
+    if not m > 1:
+        if m < 1:
+            fail("x", "at least one element per channel in training (batch statistics "
+                 "of an empty batch are undefined)", f"0 elements per channel, shape "
+                 f"{tuple(x.shape)}")
+        warnings.warn(ONE_VALUE_WARNING.format(shape=tuple(x.shape)), UserWarning,
+                      stacklevel=stacklevel)
+
+
+def check_backward(saved, grad_output, out=None) -> str:
+    """Check the arguments of :func:`cupy_abn.abn_backward`, once.
+
+    Returns
+    -------
+    str
+        The array family of the saved output.
 
     Raises
     ------
@@ -258,8 +306,9 @@ def check_backward(saved, grad_output, out=None) -> None:
         Naming the first argument that fails its check.
     """
     z = saved.z
-    check_same_family(z, {"grad_output": grad_output, "out": out})
-    shape, dtype = tuple(z.shape), z.dtype
+    fam = check_same_family(z, {"grad_output": grad_output, "out": out})
+    lay = saved.layout
+    shape, dtype = (tuple(z.shape) if lay is None else lay.shape), z.dtype
     if tuple(grad_output.shape) != shape:
         fail("grad_output", f"shape {shape} (the shape of the forward output)",
              f"shape {tuple(grad_output.shape)}")
@@ -271,3 +320,4 @@ def check_backward(saved, grad_output, out=None) -> None:
             fail("out", f"shape {shape} and dtype {np.dtype(dtype)}",
                  f"shape {tuple(out.shape)} and dtype {np.dtype(out.dtype)}")
         check_in_place_target("out", out, "the input gradient is written into it")
+    return fam

@@ -64,7 +64,9 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         In training, raise :class:`cupy_abn.NonFiniteError` before anything is written
         when x holds NaN or Inf or a float16 output would overflow (default: the global
         switch, :func:`cupy_abn.set_check_finite`, off).  No extra pass over x: the statistics
-        reduction records it; the cost is a host round trip.  ELU outputs saturated at
+        reduction records it; the cost is one blocking host copy of a few values per
+        channel (it drains the stream), and it cannot run during a CUDA graph capture
+        (:class:`cupy_abn.GraphCaptureError`).  ELU outputs saturated at
         -alpha (y below about -8.3 for float16 outputs, -16.2 for float32, -16.1 for
         float64), which the in-place backward cannot invert, are caught by the backward's
         check (:func:`abn_backward`).
@@ -99,53 +101,59 @@ def _abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arr
                  activation_param: float = 0.01, mode: str = "inplace", axis: Any = None,
                  check_finite: Optional[bool] = None,
                  combine_moments: Optional[Callable] = None,
-                 global_count: Optional[int] = None) -> Tuple[Array, SavedState]:
+                 global_count: Optional[int] = None,
+                 route: Optional[V.Route] = None) -> Tuple[Array, SavedState]:
     """:func:`abn_forward` with the synchronized layer's hooks.
 
     ``combine_moments``: ``(count, mean, m2, shift) -> (count, mean, m2, shift)``, called on
     the per-channel partial moments before they are merged (the exchange across processes).
-    ``global_count``: the elements per channel over all processes.
+    ``global_count``: the elements per channel over all processes.  ``route``: the
+    validation's result when the caller has checked the arguments already.
+
+    One pass: the arguments checked and x's layout computed once, x's device entered before
+    anything is allocated, x and the parameters viewed (or copied) as the stages take them,
+    the stages run, the results written back.
     """
-    if axis is not None:
-        return _axis.forward(_abn_forward, x, gamma, beta, running_mean, running_var,
-                             axis=axis, mode=mode, training=training, decay=decay, eps=eps,
-                             activation=activation, activation_param=activation_param,
-                             combine_moments=combine_moments, global_count=global_count,
-                             check_finite=check_finite)
-    fam = V.check_forward(x, gamma, beta, running_mean, running_var, training=training,
-                          decay=decay, eps=eps, activation=activation,
-                          activation_param=activation_param, mode=mode, count=global_count)
+    if route is None:
+        route = V.check_forward(x, gamma, beta, running_mean, running_var, training=training,
+                                decay=decay, eps=eps, activation=activation,
+                                activation_param=activation_param, mode=mode, axis=axis,
+                                count=global_count)
+    fam, lay = route
     be = backend_for(x, fam)
-    with device_scope(x, fam):   # once per call: the runtime's calls assume this device
-        z, saved = _forward(be, x, gamma, beta, running_mean, running_var, training, decay,
-                            eps, activation, float(activation_param), mode, combine_moments,
-                            global_count, _finite.resolve(check_finite))
+    standard = mode == "standard"
+    with device_scope(x, fam):   # every copy and output below lands on x's device
+        k = G.channels(x.shape) if lay is None else lay.ncs[1]
+        (g, b, rm, rv), copies = _axis.params_in(be, k, (gamma, beta, running_mean,
+                                                         running_var))
+        # In place, the validation required x C-contiguous where its view is written.
+        x3 = _axis.to_ncs(be, lay, x, copy_strided=standard)
+        z3, saved = _forward(be, x3, g, b, rm, rv, training, decay, eps, activation,
+                             float(activation_param), mode, combine_moments, global_count,
+                             _finite.resolve(check_finite))
+        if training:
+            _axis.write_back(be, copies, (running_mean, running_var))
+        z = _axis.from_ncs(be, lay, z3, into=None if standard else x)
+    saved.layout = lay
     return z, saved
 
 
 def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps, activation,
              activation_param, mode, combine_moments, global_count, check=False):
-    """The stages of :func:`abn_forward` on checked arguments."""
+    """The stages of :func:`abn_forward` on checked arguments, contiguous x (N, C, ...) and
+    (C,) parameters."""
     abs_gamma = mode != "standard"
     acc = accum_dtype(x.dtype, gamma.dtype)
     size = x.size
     m = global_count if global_count is not None else G.count(x.shape)
-    # The kernels take raw pointers: strided parameters are read from contiguous copies, and
-    # strided running statistics are updated in copies written back through the views.
-    views = (running_mean, running_var)
-    gamma, beta = be.ascontiguous(gamma), be.ascontiguous(beta)
-    if running_mean is not None:
-        running_mean, running_var = be.ascontiguous(running_mean), be.ascontiguous(running_var)
-    if mode == "standard":
-        x = be.ascontiguous(x)
-        z = be.empty_like(x)
-    else:
-        z = x
+    z = be.empty_like(x) if mode == "standard" else x
     if training and combine_moments is None and not check:   # 1-2 launches on a GPU
         stats = be.normalize_train(x, z, gamma, beta, running_mean, running_var, eps=eps,
                                    decay=decay, abs_gamma=abs_gamma, activation=activation,
                                    param=activation_param, acc=acc)
     elif training:   # the partials cross processes (or are checked) before the finish
+        if check:
+            _finite.refuse_capture(x)
         if size:   # a kernel that fails to build must fail before anything is written
             be.prepare_normalize(x, z, acc, activation, acc)
         partials = (be.moments(x, acc, extrema=True) if check else be.moments(x, acc)) \
@@ -154,14 +162,13 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
         if combine_moments is not None:
             partials = combine_moments(*partials)
         if check:   # before anything is written (x, the running statistics)
-            _finite.check_moments(*partials[:3])
-            if size:   # the statistics alone (no running update) bound the output
-                bounds = be.channel_train(*partials, gamma, beta, None, None, eps=eps,
-                                          decay=decay, abs_gamma=abs_gamma)
-                _finite.check_stats(bounds, eps)
-                if np.dtype(z.dtype) == np.float16:
-                    _finite.check_float16_output(bounds, *extrema, activation,
-                                                 activation_param)
+            # The statistics alone (no running update) bound the output; one host copy of
+            # them, the partials and the extrema decides every check.
+            bounds = be.channel_train(*partials, gamma, beta, None, None, eps=eps,
+                                      decay=decay, abs_gamma=abs_gamma) if size else None
+            _finite.check_forward(partials[1], partials[2], bounds,
+                                  extrema if np.dtype(z.dtype) == np.float16 else (),
+                                  eps=eps, activation=activation, param=activation_param)
         stats = be.channel_train(*partials, gamma, beta, running_mean,
                                  running_var, eps=eps, decay=decay, abs_gamma=abs_gamma)
         if size:
@@ -173,10 +180,6 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
     else:
         stats = be.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
                                 abs_gamma=abs_gamma, acc=acc)
-    if training:
-        for view, updated in zip(views, (running_mean, running_var)):
-            if updated is not view:
-                be.copy_into(view, updated)
     saved = SavedState(mode=mode, activation=activation, activation_param=activation_param,
                        training=training, m=float(m), z=z,
                        x=x if mode == "standard" else None, stats=stats, gamma=gamma,
@@ -225,41 +228,43 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
 
 def _abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
                   check_finite: Optional[bool] = None,
-                  combine_sums: Optional[Callable] = None) -> Tuple[Array, Array, Array]:
+                  combine_sums: Optional[Callable] = None,
+                  family: Optional[str] = None) -> Tuple[Array, Array, Array]:
     """:func:`abn_backward` with the synchronized layer's hook ``combine_sums``:
-    ``(sum_dy, sum_dy_t) -> (sum_dy, sum_dy_t)``, called on the per-channel partial sums."""
-    if saved.layout is not None:
-        return _axis.backward(_abn_backward_ncs, saved, grad_output, out,
-                              combine_sums=combine_sums, check_finite=check_finite)
-    return _abn_backward_ncs(saved, grad_output, out=out, combine_sums=combine_sums,
-                            check_finite=check_finite)
+    ``(sum_dy, sum_dy_t) -> (sum_dy, sum_dy_t)``, called on the per-channel partial sums.
+    ``family``: the validation's result when the caller has checked the arguments already.
 
-
-def _abn_backward_ncs(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
-                     combine_sums: Optional[Callable] = None,
-                     check_finite: Optional[bool] = None) -> Tuple[Array, Array, Array]:
-    """:func:`abn_backward` on the (N, C, S) layout the stages saw."""
-    V.check_backward(saved, grad_output, out)
-    z = saved.z
-    fam = V.array_family(z)
-    be = backend_for(z, fam)
-    with device_scope(z, fam):   # once per call: the runtime's calls assume this device
-        dx, dgamma, dbeta = _backward(be, saved, z, grad_output, out, combine_sums,
-                                      _finite.resolve(check_finite))
+    One pass, as the forward: checked once, the device of the saved output entered before
+    anything is allocated, grad_output (and ``out``) viewed or copied as the stages take them,
+    the stages run, dx moved back into x's shape.
+    """
+    if family is None:
+        family = V.check_backward(saved, grad_output, out)
+    z, lay = saved.z, saved.layout
+    be = backend_for(z, family)
+    with device_scope(z, family):   # every copy and output below lands on z's device
+        dz3 = _axis.to_ncs(be, lay, grad_output)
+        dx3, dgamma, dbeta = _backward(be, saved, z, dz3, _axis.out_ncs(lay, out),
+                                       combine_sums, _finite.resolve(check_finite))
+        dx = _axis.from_ncs(be, lay, dx3, into=out)
     # The backends return dgamma/dbeta in gamma's dtype already: no copy then.
     dtype = saved.param_dtype
-    return dx, _as_dtype(dgamma, dtype), _as_dtype(dbeta, dtype)
+    dgamma, dbeta = _as_dtype(dgamma, dtype), _as_dtype(dbeta, dtype)
+    if lay is not None and len(lay.param_shape) != 1:
+        dgamma, dbeta = dgamma.reshape(lay.param_shape), dbeta.reshape(lay.param_shape)
+    return dx, dgamma, dbeta
 
 
 def _backward(be, saved, z, grad_output, out, combine_sums, check=False):
-    """The stages of :func:`abn_backward` on checked arguments."""
+    """The stages of :func:`abn_backward` on checked arguments and contiguous grad_output."""
     t = t_kind(saved.mode, saved.training)
-    grad_output = be.ascontiguous(grad_output)
     size = z.size
     abs_gamma = saved.mode != "standard"
     if size:
         terms = be.backward_terms(z, grad_output, saved.x, saved.stats, saved.activation,
                                   saved.activation_param, t)
+    if check:
+        _finite.refuse_capture(z)
     dx = be.empty_like(z) if out is None else out
     if size and combine_sums is None and not check:   # 1-2 launches on a GPU
         dgamma, dbeta = be.backward_local(terms, saved.gamma, dx, m=saved.m,
@@ -278,11 +283,9 @@ def _backward(be, saved, z, grad_output, out, combine_sums, check=False):
             sums = be.grad_sums(terms)
         if combine_sums is not None:
             sums = combine_sums(*sums)
-        if check:   # before dx is written
-            _finite.check_sums(*sums)
-            if counts is not None:
-                _finite.check_saturated(counts, saved.activation, saved.activation_param,
-                                        z.dtype)
+        if check:   # before dx is written; one host copy
+            _finite.check_backward(*sums, counts, activation=saved.activation,
+                                   param=saved.activation_param, dtype=z.dtype)
         dgamma, dbeta, coef = be.channel_backward(*sums, saved.stats, saved.gamma, m=saved.m,
                                                   t=t, training=saved.training,
                                                   abs_gamma=abs_gamma)

@@ -41,6 +41,7 @@ from numpy.typing import ArrayLike
 
 from . import _geometry as G
 from . import _validation as V
+from ._dispatch import device_scope
 from ._exchange import Exchange
 from ._precision import accum_dtype
 from ._state import SavedState
@@ -234,17 +235,20 @@ def sync_abn_forward(x, gamma, beta, running_mean, running_var, comm: Any, *,
     if not training:
         return abn_forward(x, gamma, beta, running_mean, running_var, **kw)
     exchange = Exchange(comm)
-    rejected = None
+    rejected = route = None
     try:
         # The element count is checked after the exchange, against the global count.
-        V.check_forward(x, gamma, beta, running_mean, running_var, count=2, **kw)
+        route = V.check_forward(x, gamma, beta, running_mean, running_var, check_count=False,
+                                **kw)
     except Exception as e:  # noqa: BLE001 - re-raised after telling the other ranks
         rejected = e
     counts = _exchange_header(exchange, x, rejected, gamma, mode=mode, activation=activation,
                              activation_param=activation_param, eps=eps, decay=decay)
+    global_count = int(counts.sum())
+    V.check_count_of(x, global_count)
     return _abn_forward(x, gamma, beta, running_mean, running_var, **kw,
                         combine_moments=_make_combine_moments(exchange, counts),
-                        global_count=int(counts.sum()))
+                        global_count=global_count, route=route)
 
 
 def sync_abn_backward(saved: SavedState, grad_output, comm: Any, *, out=None
@@ -261,10 +265,11 @@ def sync_abn_backward(saved: SavedState, grad_output, comm: Any, *, out=None
         return abn_backward(saved, grad_output, out=out)
     exchange = Exchange(comm)
     try:
-        V.check_backward(saved, grad_output, out)
+        family = V.check_backward(saved, grad_output, out)
     except Exception:
         stats = saved.stats
-        xp = _xp(stats)
-        exchange.allreduce_sum(xp.full(2 * stats.shape[1], np.nan, stats.dtype))
+        with device_scope(stats, V.array_family(stats)):   # the NaNs on the layer's device
+            exchange.allreduce_sum(_xp(stats).full(2 * stats.shape[1], np.nan, stats.dtype))
         raise
-    return _abn_backward(saved, grad_output, out=out, combine_sums=_make_combine_sums(exchange))
+    return _abn_backward(saved, grad_output, out=out, combine_sums=_make_combine_sums(exchange),
+                         family=family)
