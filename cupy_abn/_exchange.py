@@ -70,10 +70,9 @@ class Exchange:
         import cupy
         if nccl is None:
             return cupy.asarray(self.allreduce_sum(cupy.asnumpy(a)))
-        from chainermn import nccl as mn_nccl
         a = cupy.ascontiguousarray(a)
         out = cupy.empty_like(a)
-        nccl.allReduce(a.data.ptr, out.data.ptr, a.size, _nccl_type(a.dtype), mn_nccl.NCCL_SUM,
+        nccl.allReduce(a.data.ptr, out.data.ptr, a.size, _nccl_type(a.dtype), _NCCL_SUM,
                        cupy.cuda.get_current_stream().ptr)
         return out
 
@@ -86,6 +85,11 @@ class Exchange:
         return self.comm.nccl_comm
 
 
+# nccl.h's ncclDataType_t and ncclRedOp_t values (NCCL's ABI, which cupy.cuda.nccl re-exports
+# only where libnccl loads): no import of ChainerMN's helpers, which import mpi4py.
+_NCCL_TYPES = {np.dtype(np.float16): 6, np.dtype(np.float32): 7, np.dtype(np.float64): 8}
+_NCCL_SUM = 0
+
+
 def _nccl_type(dtype) -> int:
-    from chainermn.communicators._communication_utility import _get_nccl_type_id
-    return _get_nccl_type_id(np.dtype(dtype))
+    return _NCCL_TYPES[np.dtype(dtype)]

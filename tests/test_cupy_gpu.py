@@ -21,8 +21,31 @@ NET_CASES = [
 
 
 @pytest.mark.parametrize("case", CASES + NET_CASES, ids=[c.id for c in CASES + NET_CASES])
-def test_api_on_cupy_matches_reference_and_numpy(case):
+def test_api_on_cupy_matches_reference_and_numpy(case, monkeypatch):
+    if case in NET_CASES:
+        _off_the_kink(monkeypatch)
     check_case(case, cupy.asarray, cupy.asnumpy)
+
+
+def _off_the_kink(monkeypatch):
+    """The network-sized cases' x with no output within 1e-4 of the activation's kink
+    (``tests/_gpu_cases.away_from_kink``).  Their 3-26 M elements hold outputs closer to 0
+    than two correct float32 computations of y agree on (the stem case: 4 within 1e-7 of 0,
+    the nearest 3.2e-8), where the GPU and the NumPy backend (or the float64 reference) may
+    take different sides of leaky_relu's or ELU's kink: dx differs there by O(1), and
+    dgamma, dbeta with it.  The matrix's small cases keep their data, as on PoCL."""
+    from tests import _kernel_matrix
+    from tests._cases import ACTIVATIONS
+    from tests._gpu_cases import away_from_kink
+    real = _kernel_matrix.inputs
+
+    def inputs(case):
+        x, gamma, beta, rm, rv, dz = real(case)
+        x = away_from_kink(x, gamma, beta, rm, rv, mode=case.mode, training=case.training,
+                           activation=case.act, param=ACTIVATIONS.get(case.act, 0.0))
+        return x, gamma, beta, rm, rv, dz
+
+    monkeypatch.setattr(_kernel_matrix, "inputs", inputs)
 
 
 @pytest.mark.parametrize("shape", [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28),

@@ -6,7 +6,10 @@ channel by channel against the NumPy backend.
 Every row (n, c) is a seeded rotation of one normal base row, scaled and offset per row; rows
 are uploaded one at a time and made again for the reference, so the host holds one channel
 (2^25 elements) per checking thread besides the device's two 4 GiB buffers (x, then z in
-place; dz, then dx in place).
+place; dz, then dx in place).  The reference checks channels on every core the process may
+use (``check_threads``: a thread per core, at most one per ``THREAD_BYTES`` of available
+memory, what a thread's channel and the NumPy backend's temporaries take); each channel's
+check is independent of the others, so the result does not depend on the thread count.
 
 Where it runs: on a GPU (``-m gpu``), and on PoCL in the full tier (``bash scripts/test.sh
 --full``: once, in tox's np2 environment) or where ``CUPY_ABN_INDEX64_POCL=1``.  PoCL's
@@ -47,7 +50,7 @@ from tests._reference import TOL
 OPT_IN = "CUPY_ABN_INDEX64_POCL"   # run the big case on PoCL outside the full tier too
 BIG = (2, 64, 2 ** 24 + 8)         # 2^31 + 1024 elements, rows of whole 16-byte packs
 SMALL = (2, 3, 40)
-CHECK_THREADS = 2                  # channels checked at once: the CI machine's cores
+THREAD_BYTES = 3 << 29             # host memory per checking thread (0.96 GiB peak measured)
 KW = dict(mode="inplace", activation="leaky_relu", activation_param=0.1, eps=1e-5, decay=0.9)
 
 
@@ -142,6 +145,25 @@ class _Pocl:
         return True, ""
 
 
+def check_threads(channels: int, cores=None, available=None) -> int:
+    """Channels checked at once: one per core this process may run on (2 on the CI machine,
+    16 on the GPU machine), no more than the channels, and no more than the memory available
+    now (``MemAvailable``) holds at ``THREAD_BYTES`` each; at least one."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+    if available is None:
+        try:
+            with open("/proc/meminfo") as f:
+                available = next(int(line.split()[1]) * 1024 for line in f
+                                 if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration, ValueError):
+            available = cores * THREAD_BYTES
+    return max(1, min(cores, channels, available // THREAD_BYTES))
+
+
 def _rss_gib() -> float:
     """The resident set of this process now (the peak is ``ru_maxrss``)."""
     with open("/proc/self/statm") as f:
@@ -176,12 +198,13 @@ def check_index64(dev, shape, seed=0):
     reads = threading.Lock()   # one transfer from the device at a time
     ref = functools.partial(_check_channel, dev, device, reads, shape, gamma, beta, rm, rv,
                             seed)
-    with concurrent.futures.ThreadPoolExecutor(CHECK_THREADS) as pool:   # NumPy frees the GIL
-        per_channel = list(pool.map(ref, range(c_)))
+    threads = check_threads(c_)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:   # NumPy frees the GIL
+        per_channel = list(pool.map(ref, range(c_)))   # in channel order
     worst = {k: max(w[k] for w in per_channel) for k in per_channel[0]}
     t_check = time.perf_counter() - t0
     return dict(elements=n_ * c_ * s_, upload_s=t_upload, device_s=t_device, check_s=t_check,
-                rss_at_start_gib=rss_start,
+                check_threads=threads, rss_at_start_gib=rss_start,
                 peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
                 worst=worst)
 
@@ -244,6 +267,15 @@ def test_index64_small_tensor_checker(make, monkeypatch):
     from cupy_abn import _kernel_source
     monkeypatch.setattr(_kernel_source, "IDX64_FROM", 0)
     check_index64(make(), SMALL)
+
+
+def test_check_threads_uses_every_core():
+    """The host reference runs a channel per core, as far as memory allows."""
+    assert check_threads(64, cores=16, available=128 << 30) == 16
+    assert check_threads(64, cores=16, available=6 << 30) == 4
+    assert check_threads(3, cores=16, available=128 << 30) == 3
+    assert check_threads(64, cores=2, available=1 << 20) == 1
+    assert 1 <= check_threads(64) <= (os.cpu_count() or 1)
 
 
 def _physical_memory() -> int:
