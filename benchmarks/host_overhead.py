@@ -129,6 +129,8 @@ def make_stub_cupy(sms: int = 132, max_block: int = 1024) -> Tuple[types.ModuleT
         def attributes(self):
             return {"MultiProcessorCount": sms, "MaxThreadsPerBlock": max_block}
 
+        compute_capability = "90"   # an H100 (cupy_abn._runtime_cupy.check_device)
+
         def __enter__(self):
             counts["device_enters"] += 1
             return self
@@ -256,7 +258,11 @@ def make_stub_cupy(sms: int = 132, max_block: int = 1024) -> Tuple[types.ModuleT
     cuda = types.ModuleType("cupy.cuda")
     cuda.Device = Device
     cuda.driver = types.SimpleNamespace(occupancyMaxActiveBlocksPerMultiprocessor=occupancy)
-    cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0)
+    cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0,
+                                         runtimeGetVersion=lambda: 12090)
+    # CuPy for CUDA 12 with NVRTC 12.9 (the runtime's once-per-device check reads these)
+    cuda.nvrtc = types.SimpleNamespace(getVersion=lambda: (12, 9),
+                                       getSupportedArchs=lambda: (50, 60, 70, 75, 80, 90))
     cuda.get_current_stream = lambda: None
     stub.cuda = cuda
     stub.ndarray = ndarray

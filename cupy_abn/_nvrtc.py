@@ -18,6 +18,17 @@ Options are those CuPy 14 passes at run time for a ``RawModule``
 CuPy also adds ``-I`` include directories (its headers, CCCL); the kernels include no header,
 so those do not change the code and are left out here.
 
+These checks load both NVRTC majors themselves; the CUDA runtime never uses them: CuPy loads
+its own NVRTC (``cupy_abn/_runtime_cupy.py`` checks that its major is CuPy's CUDA major).  A
+process that loads a library here and later compiles through CuPy 14 shares it, though:
+``cuda.pathfinder`` returns an NVRTC that is already loaded, ``libnvrtc.so.13`` first.  Hence
+the environments that have both (the ``nvrtc`` extra, tox) use CuPy for CUDA 13.
+
+The oldest architecture each NVRTC major compiles for (``nvrtcGetSupportedArchs`` of the wheels:
+12.9 sm_50 to sm_121, 13.5 sm_75 to sm_121) is the oldest GPU the kernels run on with it
+(``NVRTC_MIN_ARCH``, ``min_arch``): the kernels themselves need nothing newer than sm_50
+(``KERNEL_MIN_ARCH``).
+
 ``python -m cupy_abn._nvrtc`` compiles every variant for every target and prints a summary.
 """
 from __future__ import annotations
@@ -43,6 +54,46 @@ RUNTIME_OPTIONS: Tuple[str, ...] = ("--std=c++11",)
 CUBIN_ARCHS: Tuple[int, ...] = (80, 90)
 
 MAJORS: Tuple[int, ...] = (12, 13)
+
+# The oldest architecture the kernels need (kernels/prelude_cuda.cuh: 32-bit atomicAdd,
+# fences, the f16 cvt instructions; no double atomicAdd, which would need sm_60).  No supported
+# NVRTC compiles below sm_50, so the NVRTC decides; tests/test_cuda_majors.py compiles every
+# family at each major's minimum: raise this when a kernel needs more.
+KERNEL_MIN_ARCH = 50
+
+# The oldest architecture NVRTC of each CUDA major compiles for: CUDA 12.0 dropped Kepler
+# (sm_35, sm_37), CUDA 13.0 Maxwell, Pascal and Volta (sm_50 to sm_72).
+NVRTC_MIN_ARCH: Dict[int, int] = {12: 50, 13: 75}
+
+
+def min_arch(major: int, supported: Optional[Iterable[int]] = None) -> int:
+    """The oldest compute capability (as ``XY``: 75 for 7.5) the kernels run on when CuPy
+    compiles them with NVRTC ``major``.
+
+    Parameters
+    ----------
+    major : int
+        NVRTC's major version (that of CUDA).
+    supported : iterable of int, optional
+        The architectures that NVRTC compiles for (``nvrtcGetSupportedArchs``).  Without it,
+        the table ``NVRTC_MIN_ARCH``: for a major newer than it knows, its newest entry (a
+        major drops architectures, never adds old ones); for an older one, none.
+
+    Returns
+    -------
+    int
+        The larger of ``KERNEL_MIN_ARCH`` and NVRTC's oldest architecture.
+    """
+    archs = [int(a) for a in supported] if supported is not None else []
+    if archs:
+        floor = min(archs)
+    elif major in NVRTC_MIN_ARCH:
+        floor = NVRTC_MIN_ARCH[major]
+    elif major > max(NVRTC_MIN_ARCH):
+        floor = NVRTC_MIN_ARCH[max(NVRTC_MIN_ARCH)]
+    else:
+        floor = KERNEL_MIN_ARCH
+    return max(KERNEL_MIN_ARCH, floor)
 
 
 def runtime_options(defines: Iterable[str]) -> Tuple[str, ...]:
