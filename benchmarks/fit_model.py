@@ -1,8 +1,8 @@
 """Fit the static performance model's two free parameters to kernel times measured on a GPU.
 
-    python benchmarks/fit_model.py --measured benchmarks/results/kernels_gpu.json
-    python benchmarks/fit_model.py --measured kernels_gpu.json \\
-        --report benchmarks/results/static_report.json --out fit.json
+    python benchmarks/fit_model.py --measured kernels_gpu.json --out fit.json
+    python benchmarks/fit_model.py --measured kernels_gpu.json --device-spec "NVIDIA H200"
+    python benchmarks/fit_model.py --synthetic --device-spec reference   # no GPU: a self-check
 
 The static model (``benchmarks/static/model.py``) predicts the time of one kernel launch
 from what a static reading of the compiled kernel found, given two numbers it cannot read:
@@ -22,23 +22,38 @@ The report lists passes (``report["passes"]``), each with the fields ``pass``
 ``mode`` ("inplace", "inplace_v1", "standard"; measured as "cupy-abn <mode>"), ``major``
 (the NVRTC / CUDA major version it was compiled with) and ``launches`` (its per-launch
 records).  Only the passes of the CUDA major version CuPy ran with are used (and of the
-measured device's architecture, for passes or records that carry ``arch``).  A flat list of
-launch records that each carry those fields (under "launches" or "records", or at the top
+measured device's architecture, for passes or records that name ``arch``).  A flat list of
+launch records that each have those fields (under "launches" or "records", or at the top
 level) is read as well; there a record without ``mode`` matches the "inplace" rows.
 
+**The device is a parameter.**  The model's SM count and clock are those of the device the
+times were measured on (:class:`DeviceSpec`): ``--device-spec`` names a device of
+``KNOWN_DEVICES`` (keyed by the name CuPy reports), ``reference`` (the static model's own
+defaults), a JSON file, or ``name=...,sms=...,clock_ghz=...[,copy_gbps=...]``; without it,
+the measured device is looked up in the table, else described by what the measurement
+recorded (``gpu_proof_device``: SMs and clock as CuPy and nvidia-smi report them).  Launch
+records collected for another SM count are rescaled to the device's (waves in proportion;
+exact in whole waves).  Every prediction written names its device (``predicted_for``).
+
 Writes a JSON with the fitted parameters, their standard errors (log space, from the
-Jacobian at the optimum), and measured against predicted time for every matched pass.
+Jacobian at the optimum), the prediction before the fit (the model's default latency and the
+device's copy bandwidth: ``prior``), and measured against predicted time for every matched
+pass.  ``--synthetic`` fits times the model itself predicts on the device at known
+parameters: the whole path without a GPU, which must find those parameters again.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import inspect
 import json
 import math
 import sys
 from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,6 +66,137 @@ Key = Tuple[str, Tuple[int, ...], str, str]          # (pass, shape, dtype, mode
 # Search box of the grid stage: latency 10 ns - 100 us, bandwidth 100 GB/s - 30 TB/s.
 LATENCY_NS = (1e1, 1e5)
 BANDWIDTH_GBPS = (1e2, 3e4)
+# Known parameters of the --synthetic self-check: latency, and bandwidth as a fraction of
+# the device's copy bandwidth.
+SYNTHETIC = (650.0, 0.95)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """What the model needs to know of a device.
+
+    Attributes
+    ----------
+    name : str
+        As CuPy reports it (``getDeviceProperties()["name"]``).
+    sms : int
+        Streaming multiprocessors.
+    clock_ghz : float
+        The SM clock the model's instruction-issue limit uses (the maximum boost clock).
+    copy_gbps : float, optional
+        Device-to-device copy bandwidth, reads and writes counted: the bandwidth of the
+        prediction before the fit.  None: the one the kernel benchmark measured.
+    source : str
+        Where the numbers come from.
+    """
+
+    name: str
+    sms: int
+    clock_ghz: float
+    copy_gbps: Optional[float] = None
+    source: str = ""
+
+
+KNOWN_DEVICES: Dict[str, DeviceSpec] = {
+    "NVIDIA H200": DeviceSpec("NVIDIA H200", 132, 1.98, 4300.0,
+                              "132 SMs at up to 1.98 GHz; a device-to-device copy measured "
+                              "about 4.3 TB/s, reads and writes counted"),
+}
+
+
+def reference_device(predict: Optional[Predict] = None) -> DeviceSpec:
+    """The device the static model's defaults describe (its module constants)."""
+    g = getattr(predict or load_predict(), "__globals__", {})
+    return DeviceSpec("H100 SXM (the static model's reference device)", int(g.get("SMS", 132)),
+                      float(g.get("CLOCK_GHZ", 1.755)), g.get("COPY_BANDWIDTH_GBPS"),
+                      "the constants of benchmarks/static/model.py")
+
+
+def _spec_from_text(text: str) -> DeviceSpec:
+    """``name=...,sms=...,clock_ghz=...[,copy_gbps=...]`` or a JSON file of those fields."""
+    if text.endswith(".json"):
+        fields = json.loads(Path(text).read_text())
+    else:
+        fields = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+    try:
+        return DeviceSpec(name=str(fields["name"]), sms=int(fields["sms"]),
+                          clock_ghz=float(fields["clock_ghz"]),
+                          copy_gbps=(float(fields["copy_gbps"])
+                                     if fields.get("copy_gbps") not in (None, "") else None),
+                          source=str(fields.get("source") or "given"))
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"device spec {text!r}: needs name, sms and clock_ghz ({e})") from None
+
+
+def resolve_device(text: Optional[str], measured: Dict[str, Any],
+                   predict: Optional[Predict] = None) -> DeviceSpec:
+    """The device of a fit (see the module docstring); a missing copy bandwidth is the one
+    measured.
+
+    Raises
+    ------
+    ValueError
+        An unknown device that the measurement does not describe either.
+    """
+    dev = measured.get("gpu_proof_device") or {}
+    name = str(dev.get("name") or measured.get("device") or "")
+    if text == "reference":
+        spec = reference_device(predict)
+    elif text in KNOWN_DEVICES:
+        spec = KNOWN_DEVICES[text]
+    elif text:
+        spec = _spec_from_text(text)
+    elif name in KNOWN_DEVICES:
+        spec = KNOWN_DEVICES[name]
+    elif dev.get("sms") and dev.get("clock_ghz"):
+        spec = DeviceSpec(name, int(dev["sms"]), float(dev["clock_ghz"]), None,
+                          "SMs and clock as CuPy and nvidia-smi report them")
+    else:
+        raise ValueError(f"unknown device {name!r}: give --device-spec (known: "
+                         f"{', '.join(KNOWN_DEVICES)}, reference)")
+    if spec.copy_gbps is None and measured.get("copy_gbps"):
+        spec = replace(spec, copy_gbps=float(measured["copy_gbps"]),
+                       source=spec.source + "; copy bandwidth as measured")
+    return spec
+
+
+def for_sms(record: Dict[str, Any], sms: int) -> Dict[str, Any]:
+    """A launch record collected for ``record["sms"]`` SMs, seen on ``sms``: the same grid
+    makes waves in proportion, and below one wave fewer threads per SM."""
+    old = record.get("sms")
+    if not old or old == sms or "waves" not in record:
+        return record
+    ratio = old / sms
+    out = dict(record, sms=sms, waves=record["waves"] * ratio)
+    if record["waves"] < 1 and "resident_threads_per_sm" in record:
+        full = record["resident_threads_per_sm"] / record["waves"]   # at full occupancy
+        out["resident_threads_per_sm"] = min(record["resident_threads_per_sm"] * ratio, full)
+    return out
+
+
+@contextlib.contextmanager
+def on_device(predict: Predict, spec: DeviceSpec) -> Iterator[Predict]:
+    """``predict`` for ``spec``: its records rescaled to the device's SMs, and the clock the
+    device's (a ``clock_GHz`` keyword where the model takes one, else its ``CLOCK_GHZ``
+    module constant for the duration, restored after)."""
+    params = inspect.signature(predict).parameters
+    g = getattr(predict, "__globals__", {})
+    patched = "clock_GHz" not in params and "CLOCK_GHZ" in g
+    old = g.get("CLOCK_GHZ")
+    if patched:
+        g["CLOCK_GHZ"] = spec.clock_ghz
+
+    def on(record: Dict[str, Any], latency_ns: float, bandwidth_GBps: float) -> float:
+        rec = for_sms(record, spec.sms)
+        if "clock_GHz" in params:
+            return predict(rec, latency_ns, bandwidth_GBps, clock_GHz=spec.clock_ghz)
+        return predict(rec, latency_ns, bandwidth_GBps)
+
+    try:
+        yield on
+    finally:
+        if patched:
+            g["CLOCK_GHZ"] = old
 
 
 def load_predict(spec: str = "benchmarks.static.model:predict_us") -> Predict:
@@ -131,10 +277,51 @@ def _model(groups, predict: Predict, theta: np.ndarray) -> np.ndarray:
 
 
 def _residuals(groups, predict: Predict, theta: np.ndarray, logy: np.ndarray) -> np.ndarray:
-    pred = _model(groups, predict, theta)
+    try:
+        pred = _model(groups, predict, theta)
+    except (ZeroDivisionError, OverflowError):
+        return np.full(len(groups), np.inf)
     if not np.all(np.isfinite(pred)) or np.any(pred <= 0):
         return np.full(len(groups), np.inf)
     return np.log(pred) - logy
+
+
+def _jacobian(groups, predict: Predict, theta: np.ndarray, logy: np.ndarray) -> np.ndarray:
+    """Central differences of the residuals in log-parameter space."""
+    jac = np.empty((len(groups), 2))
+    for j in range(2):
+        h = np.zeros(2)
+        h[j] = 1e-5
+        jac[:, j] = (_residuals(groups, predict, theta + h, logy)
+                     - _residuals(groups, predict, theta - h, logy)) / 2e-5
+    return jac
+
+
+def _refine(groups, predict: Predict, theta: np.ndarray, logy: np.ndarray,
+            iterations: int) -> Tuple[np.ndarray, float, int]:
+    """Levenberg-Marquardt from ``theta``: the optimum, its cost and the steps taken."""
+    cost = lambda th: float(np.sum(_residuals(groups, predict, th, logy) ** 2))  # noqa: E731
+    # kept within a decade of the search box: a start far off may step to absurd values
+    lo = np.log([LATENCY_NS[0], BANDWIDTH_GBPS[0]]) - np.log(10)
+    hi = np.log([LATENCY_NS[1], BANDWIDTH_GBPS[1]]) + np.log(10)
+    lam, best, steps = 1e-3, cost(theta), 0
+    for steps in range(1, iterations + 1):
+        r = _residuals(groups, predict, theta, logy)
+        jac = _jacobian(groups, predict, theta, logy)
+        jtj, g = jac.T @ jac, jac.T @ r
+        while lam < 1e12:
+            step = np.clip(theta + np.linalg.solve(jtj + lam * np.diag(np.diag(jtj) + 1e-12),
+                                                   -g), lo, hi) - theta
+            new = cost(theta + step)
+            if new < best:
+                theta, best, lam = theta + step, new, max(lam / 10, 1e-9)
+                break
+            lam *= 10
+        else:
+            break          # no step lowers the cost: a minimum
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return theta, best, steps
 
 
 def fit(groups: Sequence[Tuple[Key, List[Dict[str, Any]], float]], predict: Predict,
@@ -150,47 +337,32 @@ def fit(groups: Sequence[Tuple[Key, List[Dict[str, Any]], float]], predict: Pred
     grid
         Points per parameter of the starting grid (log spaced over the search box).
     iterations
-        Levenberg-Marquardt steps at most.
+        Levenberg-Marquardt steps at most, from each start (the best bandwidth of every
+        latency of the grid); the best end wins.
 
     Returns
     -------
     dict
         ``latency_ns``, ``bandwidth_GBps``, ``rms_log_error`` (at the optimum),
         ``log_std_error`` (per parameter; ``inf`` when the data cannot tell it, e.g. every
-        case bandwidth-bound), ``cases`` and ``iterations``.
+        case bandwidth-bound), ``cases`` and ``iterations`` (of the winning start).
     """
     if len(groups) < 2:
         raise ValueError(f"need at least 2 matched passes to fit 2 parameters, "
                          f"got {len(groups)}")
     logy = np.log([t for _, _, t in groups])
     cost = lambda th: float(np.sum(_residuals(groups, predict, th, logy) ** 2))  # noqa: E731
-    # Grid first: the model is a sum of a latency and a bandwidth term per launch, so the
-    # cost is far from quadratic over decades; a local method alone can stall on a plateau.
+    # Grid first: the model is a max of a latency and a bandwidth term per launch, so the
+    # cost is far from quadratic over decades, and flat in latency wherever no launch is
+    # latency-bound: a local fit from the single best grid point can stall on that plateau,
+    # so one starts from every latency of the grid.
     lat = np.linspace(*np.log(LATENCY_NS), grid)
     bw = np.linspace(*np.log(BANDWIDTH_GBPS), grid)
-    theta = min((np.array([a, b]) for a in lat for b in bw), key=cost)
-    lam, best, steps = 1e-3, cost(theta), 0
-    for steps in range(1, iterations + 1):
-        r = _residuals(groups, predict, theta, logy)
-        jac = np.empty((len(groups), 2))
-        for j in range(2):
-            h = np.zeros(2)
-            h[j] = 1e-5
-            jac[:, j] = (_residuals(groups, predict, theta + h, logy)
-                         - _residuals(groups, predict, theta - h, logy)) / 2e-5
-        jtj, g = jac.T @ jac, jac.T @ r
-        while lam < 1e12:
-            step = np.linalg.solve(jtj + lam * np.diag(np.diag(jtj) + 1e-12), -g)
-            new = cost(theta + step)
-            if new < best:
-                theta, best, lam = theta + step, new, max(lam / 10, 1e-9)
-                break
-            lam *= 10
-        else:
-            break          # no step lowers the cost: a minimum
-        if np.max(np.abs(step)) < 1e-10:
-            break
+    points = [min((np.array([a, b]) for b in bw), key=cost) for a in lat]
+    theta, _, steps = min((_refine(groups, predict, p, logy, iterations) for p in points),
+                          key=lambda t: t[1])
     r = _residuals(groups, predict, theta, logy)
+    jac = _jacobian(groups, predict, theta, logy)
     dof = max(len(groups) - 2, 1)
     try:
         cov = np.linalg.inv(jac.T @ jac) * float(r @ r) / dof
@@ -239,32 +411,88 @@ def _default_where(measured: Dict[str, Any], records: Sequence[Dict[str, Any]]
     return where
 
 
+def _default_latency(predict: Predict) -> Optional[float]:
+    """The model's own latency (its ``latency_ns`` default), or None."""
+    param = inspect.signature(predict).parameters.get("latency_ns")
+    default = None if param is None else param.default
+    return float(default) if isinstance(default, (int, float)) else None
+
+
+def _prior(groups, predict: Predict, latency: Optional[float], spec: Optional[DeviceSpec]
+           ) -> Optional[Dict[str, Any]]:
+    """The prediction before the fit: the model's default latency and the device's copy
+    bandwidth (None where either is unknown)."""
+    if spec is None or not spec.copy_gbps or latency is None:
+        return None
+    theta = np.log([latency, spec.copy_gbps])
+    r = _residuals(groups, predict, theta, np.log([t for _, _, t in groups]))
+    return {"latency_ns": float(latency), "bandwidth_GBps": spec.copy_gbps,
+            "rms_log_error": float(np.sqrt(np.mean(r ** 2))),
+            "predicted_us": [float(p) for p in _model(groups, predict, theta)]}
+
+
 def run_fit(measured: Dict[str, Any], report: Any, predict: Predict,
-            where: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The whole fit on a kernels benchmark result and a static report (both parsed)."""
+            where: Optional[Dict[str, Any]] = None,
+            spec: Optional[DeviceSpec] = None) -> Dict[str, Any]:
+    """The whole fit on a kernels benchmark result and a static report (both parsed), on
+    the device ``spec`` (None: the records as they are, the model's own clock)."""
     records = launch_records(report)
     where = _default_where(measured, records) if where is None else where
     groups = match(records, measured["rows"], where)
-    params = fit(groups, predict)
+    with (on_device(predict, spec) if spec else contextlib.nullcontext(predict)) as model:
+        params = fit(groups, model)
+        prior = _prior(groups, model, _default_latency(predict), spec)
+        rows = report_rows(groups, model, params, measured["rows"], measured.get("copy_gbps"))
+    if prior:
+        for row, p in zip(rows, prior.pop("predicted_us")):
+            row["prior_us"] = p
+    label = spec.name if spec else "the static model's reference device"
     return {"device": measured.get("device"),
             "gpu_proof_device": measured.get("gpu_proof_device"),
+            "predicted_for": label, "device_spec": asdict(spec) if spec else None,
             "copy_gbps": measured.get("copy_gbps"), "record_filter": where,
             "objective": "least squares on log(time), every matched pass weighs the same",
-            **params,
-            "passes": report_rows(groups, predict, params, measured["rows"],
-                                  measured.get("copy_gbps"))}
+            **params, "prior": prior, "passes": rows}
+
+
+def synthetic_measurement(report: Any, predict: Predict, spec: DeviceSpec,
+                          latency_ns: float, bandwidth_GBps: float) -> Dict[str, Any]:
+    """A stand-in for a kernel benchmark result: every pass of the report's newest CUDA
+    major, timed as the model predicts it on ``spec`` at the given parameters."""
+    items = [p for p in launch_records(report) if isinstance(p.get("launches"), list)
+             and p["launches"] and "mode" in p]
+    major = max((p.get("major", 0) for p in items), default=0)
+    arch = next((p["arch"] for p in items if "arch" in p), None)
+    rows = []
+    with on_device(predict, spec) as model:
+        for p in items:
+            if p.get("major", major) != major or p.get("arch", arch) != arch:
+                continue
+            us = sum(model(r, latency_ns, bandwidth_GBps) for r in p["launches"])
+            rows.append({"impl": f"cupy-abn {p['mode']}", "pass": p["pass"],
+                         "shape": list(p["shape"]), "dtype": p["dtype"], "ms": us / 1e3,
+                         "model_bytes": p.get("minimal_bytes")})
+    cap = f"{arch[3:-1]}.{arch[-1]}" if arch and arch.startswith("sm_") else None
+    return {"device": f"{spec.name} (synthetic: the model's own times)", "rows": rows,
+            "copy_gbps": spec.copy_gbps, "environment": {"cuda_runtime": major * 1000},
+            "gpu_proof_device": {"name": spec.name, "compute_cap": cap},
+            "synthetic_truth": {"latency_ns": latency_ns, "bandwidth_GBps": bandwidth_GBps}}
 
 
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--measured", required=True, help="kernels_gpu.json of benchmarks/kernels.py")
+    p.add_argument("--measured", help="kernels_gpu.json of benchmarks/kernels.py")
+    p.add_argument("--synthetic", action="store_true",
+                   help="fit the model's own times at known parameters (no GPU needed)")
+    p.add_argument("--device-spec", help="a known device name, 'reference', a JSON file, or "
+                                         "name=...,sms=...,clock_ghz=...[,copy_gbps=...]")
     p.add_argument("--report", default=str(REPORT), help="static_report.json")
     p.add_argument("--model", default="benchmarks.static.model:predict_us",
                    help="module:function of the prediction")
     p.add_argument("--where", action="append", default=None, metavar="FIELD=VALUE",
                    help="keep only records with this field value (default: the measured "
-                        "device's arch and CUDA major, where records carry them)")
+                        "device's arch and CUDA major, where records name them)")
     p.add_argument("--out", help="JSON to write (default: print only)")
     return p.parse_args(argv)
 
@@ -282,19 +510,35 @@ def load_report(path: Path) -> Any:
     return report
 
 
+def _where(items: Optional[List[str]]) -> Optional[Dict[str, Any]]:
+    if items is None:
+        return None
+    where: Dict[str, Any] = {}
+    for item in items:
+        field, _, value = item.partition("=")
+        where[field] = int(value) if value.isdigit() else value
+    return where
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = _parse(argv)
-    measured = json.loads(Path(args.measured).read_text())
+    if not args.measured and not args.synthetic:
+        raise SystemExit("fit_model: give --measured FILE or --synthetic")
     report = load_report(Path(args.report))
-    where = None
-    if args.where is not None:
-        where = {}
-        for item in args.where:
-            field, _, value = item.partition("=")
-            where[field] = int(value) if value.isdigit() else value
-    result = run_fit(measured, report, load_predict(args.model), where)
-    print(f"{result['cases']} passes: latency {result['latency_ns']:.0f} ns, "
-          f"bandwidth {result['bandwidth_GBps']:.0f} GB/s, "
+    predict = load_predict(args.model)
+    if args.synthetic:
+        spec = resolve_device(args.device_spec or "reference", {}, predict)
+        latency, fraction = SYNTHETIC
+        measured = synthetic_measurement(report, predict, spec, latency,
+                                         fraction * (spec.copy_gbps or 3000.0))
+    else:
+        measured = json.loads(Path(args.measured).read_text())
+        spec = resolve_device(args.device_spec, measured, predict)
+    result = run_fit(measured, report, predict, _where(args.where), spec)
+    if args.synthetic:
+        result["synthetic_truth"] = measured["synthetic_truth"]
+    print(f"{result['predicted_for']}: {result['cases']} passes, latency "
+          f"{result['latency_ns']:.0f} ns, bandwidth {result['bandwidth_GBps']:.0f} GB/s, "
           f"rms log error {result['rms_log_error']:.3f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

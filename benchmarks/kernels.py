@@ -26,13 +26,18 @@ Bandwidth = model bytes / time, reported next to the copy bandwidth measured in 
 (``xp.copyto`` of a large buffer, read + write).  The standard mode (x kept) reads x and z in
 backward, so it moves 7 S against the same 5 S model.
 
-Writes ``<out>/kernels_<cpu|gpu>.json`` and ``.png``.
+``--budget-s`` bounds the run: a case that would start after it is not run (counted in
+``cases_not_run``), and what was timed is written.
+
+Writes ``<out>/kernels_<cpu|gpu>.json`` and ``.png`` (``--stem`` renames them; the figure
+only where matplotlib is installed).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -44,6 +49,7 @@ import cupy_abn.chainer  # noqa: E402,F401  (NumPy 2 step before Chainer is impo
 from cupy_abn._environment import describe, use_gpu  # noqa: E402
 
 import _baselines  # noqa: E402
+import _progress  # noqa: E402
 from _timing import Clock, copy_bandwidth  # noqa: E402
 
 SHAPES = ((64, 112, 112), (256, 56, 56), (512, 28, 28), (2048, 7, 7))   # (C, H, W)
@@ -68,6 +74,10 @@ def _parse(argv):
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--baselines", choices=("auto", "all", "none"), default="auto",
                    help="PyTorch-based baselines: auto = on a GPU only")
+    p.add_argument("--impls", help="comma-separated implementations to time (instead of "
+                                   "--baselines' choice), e.g. inplace_abn")
+    p.add_argument("--budget-s", type=float, help="start no case after this many seconds")
+    p.add_argument("--stem", help="output file name without suffix (default kernels_<device>)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -106,15 +116,20 @@ def _time_case(impl, xp, x, dz, clock, skipped, case) -> List[Tuple[str, float]]
 
 def run(xp, shapes, dtypes, clock: Clock, progress: bool,
         impls: Sequence[str] = IMPLS,
-        skipped: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+        skipped: Optional[List[Dict[str, Any]]] = None,
+        deadline: float = float("inf")) -> List[Dict[str, Any]]:
     """Time every implementation in ``impls`` on every (shape, dtype); rows of results.
-    Optional baselines that could not run are appended to ``skipped``."""
-    from tqdm.auto import tqdm
+    Optional baselines that could not run are appended to ``skipped``; a case that would
+    start after ``deadline`` (``time.monotonic()``) is appended with the reason "budget"."""
     skipped = [] if skipped is None else skipped
     rows = []
     cases = [(s, d) for s in shapes for d in dtypes]
-    bar = tqdm(total=len(cases) * len(impls), disable=not progress, desc="kernels")
+    bar = _progress.bar(len(cases) * len(impls), progress, "kernels")
     for shape, dtype in cases:
+        if time.monotonic() >= deadline:
+            skipped.append({"shape": list(shape), "dtype": dtype, "impl": "all",
+                            "reason": "budget"})
+            continue
         rs = np.random.RandomState(0)
         x = xp.asarray((1.0 + 2.0 * rs.standard_normal(shape)).astype(dtype))
         dz = xp.asarray(rs.standard_normal(shape).astype(dtype))
@@ -161,6 +176,7 @@ def _table(rows, copy_gbps) -> str:
 
 
 def plot(result: Dict[str, Any], path: Path) -> None:
+    """Bars of the fraction of copy bandwidth per pass, case and implementation."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -188,6 +204,14 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_if_possible(result: Dict[str, Any], path: Path) -> None:
+    """The figure, where matplotlib is installed (it can be drawn later from the JSON)."""
+    try:
+        plot(result, path)
+    except ImportError as e:
+        print(f"no figure: {e}", file=sys.stderr)
 
 
 def _optional_versions(impls: Sequence[str]) -> Dict[str, Any]:
@@ -218,11 +242,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     chw = ([tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
            if args.shapes else SHAPES)
     shapes = [(batch,) + s for s in chw]
+    deadline = time.monotonic() + (float("inf") if args.budget_s is None else args.budget_s)
     clock = Clock(xp, args.warmup, args.repeat or (50 if gpu else 5))
     copy_gbps = copy_bandwidth(clock, (1 << 30) if gpu else (256 << 20)) / 1e9
-    impls = impls_for(args.baselines, gpu)
+    impls = tuple(args.impls.split(",")) if args.impls else impls_for(args.baselines, gpu)
     skipped: List[Dict[str, Any]] = []
-    rows = run(xp, shapes, args.dtypes.split(","), clock, not args.no_progress, impls, skipped)
+    rows = run(xp, shapes, args.dtypes.split(","), clock, not args.no_progress, impls, skipped,
+               deadline)
     _annotate(rows, copy_gbps)
     env = describe(gpu)
     if gpu:
@@ -232,12 +258,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     result = {"device": env["device"], "environment": env, "copy_gbps": copy_gbps,
               "traffic_model": {k: f"{v} S" for k, v in MODEL_BYTES.items()},
               "warmup": args.warmup, "repeat": clock.repeat, "impls": list(impls),
+              "cases_not_run": sum(s["reason"] == "budget" for s in skipped),
               "skipped": skipped, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"kernels_{'gpu' if gpu else 'cpu'}"
+    stem = out / (args.stem or f"kernels_{'gpu' if gpu else 'cpu'}")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, stem.with_suffix(".png"))
+    if rows:
+        _plot_if_possible(result, stem.with_suffix(".png"))
     print(_table(rows, copy_gbps))
     for s in skipped:
         print(f"skipped {s['impl']} {'x'.join(map(str, s['shape']))} {s['dtype']}: "

@@ -13,7 +13,8 @@ warm-up step (the optimizer allocates its state there), one training step is mea
     peak   highest bytes alive at once over forward + backward + update, transient buffers
            of the backward included (on the CPU: Chainer's im2col convolution buffers)
 
-Writes ``<out>/memory_<cpu|gpu>.json`` and ``.png``.
+Writes ``<out>/memory_<cpu|gpu>.json`` and ``.png`` (the figure where matplotlib is
+installed).
 """
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import cupy_abn.chainer  # noqa: F401  (NumPy 2 step before Chainer is imported)
-from cupy_abn._environment import describe, use_gpu
-from cupy_abn.demo import network
-from cupy_abn.demo.training import Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _progress  # noqa: E402
+import cupy_abn.chainer  # noqa: E402,F401  (NumPy 2 step before Chainer is imported)
+from cupy_abn._environment import describe, use_gpu  # noqa: E402
+from cupy_abn.demo import network  # noqa: E402
+from cupy_abn.demo.training import Trainer  # noqa: E402
 
 
 def measure(run: Trainer, cfg: network.Config, batches, progress) -> List[Dict]:
@@ -66,18 +69,18 @@ def plot(result: Dict[str, Any], path: Path) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    from tqdm.auto import tqdm
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--batches", default="8,16,32,64")
     p.add_argument("--size", type=int, default=16, help="image height and width")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     gpu = use_gpu(args.device)
     batches = [int(b) for b in args.batches.split(",")]
     cfg = network.Config(size=args.size)
-    bar = tqdm(total=len(batches) * len(network.KINDS), desc="memory")
+    bar = _progress.bar(len(batches) * len(network.KINDS), not args.no_progress, "memory")
     trainers = {kind: Trainer(kind, cfg, lr=0.01, gpu=gpu) for kind in network.KINDS}
     runs = {kind: measure(run, cfg, batches, bar) for kind, run in trainers.items()}
     bar.close()
@@ -91,7 +94,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"memory_{'gpu' if gpu else 'cpu'}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, stem.with_suffix(".png"))
+    try:
+        plot(result, stem.with_suffix(".png"))
+    except ImportError as e:   # no matplotlib: the figure can be drawn later from the JSON
+        print(f"no figure: {e}", file=sys.stderr)
     print(f"{'batch':>6} {'kind':>10} {'kept MiB':>10} {'peak MiB':>10}")
     for kind, rows in runs.items():
         for r in rows:
