@@ -108,9 +108,9 @@ DEVICE void tile_sum2(SHARED_PTR acc_t *s_a, SHARED_PTR acc_t *s_b, unsigned int
     }
 }
 
-/* Partials that another block of the same launch reads back.  On a GPU a plain store before
- * FENCE_GLOBAL and a volatile load (no stale L1 line) suffice; OpenCL 1.2 orders nothing
- * between work-groups, so there every word goes through an atomic. */
+/* Partials that another block of the same launch reads back (collect: LOAD_COHERENT, which the
+ * preludes define).  On a GPU a volatile store before FENCE_GLOBAL suffices; OpenCL 1.2
+ * orders nothing between work-groups, so there every word goes through an atomic. */
 #if defined(PACK_ACCESS_OPENCL)
 typedef union { acc_t value; uint words[sizeof(acc_t) / 4]; } acc_words;
 
@@ -121,22 +121,17 @@ DEVICE void publish(GLOBAL acc_t *p, acc_t v)
     for (unsigned int k = 0; k < sizeof(acc_t) / 4; ++k)
         atomic_xchg((volatile GLOBAL uint *)p + k, u.words[k]);
 }
-
-DEVICE acc_t collect(GLOBAL acc_t *p)
-{
-    acc_words u;
-    for (unsigned int k = 0; k < sizeof(acc_t) / 4; ++k)
-        u.words[k] = atomic_or((volatile GLOBAL uint *)p + k, 0u);
-    return u.value;
-}
 #else
 DEVICE void publish(acc_t *p, acc_t v) { *(volatile acc_t *)p = v; }
-DEVICE acc_t collect(acc_t *p) { return *(volatile acc_t *)p; }
 #endif
+
+DEVICE acc_t collect(GLOBAL acc_t *p) { return LOAD_COHERENT(p); }
 
 /* Called by thread 0 of a block after it published its partial of channel c: true for the
  * one block that arrives last, which may then collect every partial of c.  `arrivals` is
- * zeroed by the host before the launch. */
+ * zeroed by the host before the launch.  CUDA C++ Programming Guide, "Memory Fence
+ * Functions": the fence before the count releases this block's partials; the one after it,
+ * in the same thread and before any read, acquires every other block's. */
 DEVICE int arrived_last(GLOBAL unsigned int *arrivals, unsigned int c, unsigned int parts)
 {
     if (parts == 1) return 1;

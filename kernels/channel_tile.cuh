@@ -29,17 +29,23 @@ DEVICE tile_walk_t tile_start(unsigned int packs, unsigned int tile_x, unsigned 
 /* Called by every thread of a block after the row-0 threads published their columns'
  * partials: true in the one block of the tile that arrives last (then every partial of the
  * tile's channels may be collected), false everywhere when finish == 0.  `arrivals` (one per
- * tile) is zeroed by the host.  The barriers are unconditional: OpenCL allows a barrier in a
- * branch only when every work-item takes it, and PoCL miscompiles one that it cannot prove. */
+ * tile) is zeroed by the host.  CUDA C++ Programming Guide, "Memory Fence Functions", and
+ * the PTX memory model's release and acquire patterns: each writer fences after its partials,
+ * then (after the barrier) thread 0 counts the block in; if last, thread 0 fences before the
+ * barrier that tells the block (a fence after it would not follow the count in thread 0's
+ * program order), and the readers use LOAD_COHERENT.  The barriers are unconditional: OpenCL
+ * allows a barrier in a branch only when every work-item takes it, and PoCL miscompiles one
+ * that it cannot prove. */
 DEVICE int tile_arrived_last(GLOBAL unsigned int *arrivals, unsigned int tile,
                              unsigned int parts, int finish, SHARED_PTR int *s_last)
 {
-    FENCE_GLOBAL();
+    FENCE_GLOBAL();   /* release: this thread's partials before the count */
     BARRIER();
-    if (THREAD_ID == 0)
-        *s_last = finish && (parts == 1 || ATOMIC_INC(arrivals + tile) == parts - 1);
+    if (THREAD_ID == 0) {
+        const int last = finish && (parts == 1 || ATOMIC_INC(arrivals + tile) == parts - 1);
+        if (last) FENCE_GLOBAL();   /* acquire: the others' partials after the count */
+        *s_last = last;
+    }
     BARRIER();
-    if (!*s_last) return 0;
-    FENCE_GLOBAL();
-    return 1;
+    return *s_last;
 }

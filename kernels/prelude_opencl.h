@@ -22,6 +22,22 @@
 #define LAUNCH_BOUNDS(max_threads, min_blocks)
 #define FENCE_GLOBAL() mem_fence(CLK_GLOBAL_MEM_FENCE)
 #define ATOMIC_INC(p) atomic_inc(p)
+/* LOAD_COHERENT of a partial (acc_t): OpenCL 1.2 orders nothing between work-groups but
+ * atomics, so each 32-bit word is read with one (as channel_reduce.cuh's publish writes it). */
+#if ACC_BITS == 64
+typedef union { double value; uint words[2]; } coherent_words;
+DEVICE double load_coherent(GLOBAL const double *p)
+#else
+typedef union { float value; uint words[1]; } coherent_words;
+DEVICE float load_coherent(GLOBAL const float *p)
+#endif
+{
+    coherent_words u;
+    for (unsigned int k = 0; k < sizeof(u.words) / 4; ++k)
+        u.words[k] = atomic_or((volatile GLOBAL uint *)p + k, 0u);
+    return u.value;
+}
+#define LOAD_COHERENT(p) load_coherent(p)
 #define F32_FN(name) name
 typedef long int64_type;
 typedef ulong uint64_type;
