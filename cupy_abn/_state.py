@@ -68,3 +68,8 @@ class SavedState:
     param_dtype: Any
     # The axes' layout when the forward took ``axis`` (the stages saw (N, C, S)), else None.
     layout: Optional[Any] = None
+
+    @property
+    def shape(self) -> tuple:
+        """The shape of the forward output (x's), which grad_output must have."""
+        return self.layout.shape if self.layout is not None else tuple(self.z.shape)

@@ -307,8 +307,7 @@ def check_backward(saved, grad_output, out=None) -> str:
     """
     z = saved.z
     fam = check_same_family(z, {"grad_output": grad_output, "out": out})
-    lay = saved.layout
-    shape, dtype = (tuple(z.shape) if lay is None else lay.shape), z.dtype
+    shape, dtype = saved.shape, z.dtype
     if tuple(grad_output.shape) != shape:
         fail("grad_output", f"shape {shape} (the shape of the forward output)",
              f"shape {tuple(grad_output.shape)}")

@@ -142,6 +142,20 @@ def test_link_infers_parameter_shape_from_axis():
     assert bn.gamma.shape == bn.avg_mean.shape == (5,)
 
 
+@pytest.mark.parametrize("axis", [(0, 1, 2), (1, 3)], ids=["view", "copy"])
+def test_node_backward_without_output_gradient_over_axis(axis):
+    """A missing output gradient is zeros of x's shape (not of the stages' (N, C, S))."""
+    C = pytest.importorskip("cupy_abn.chainer")
+    import chainer
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    bn = C.ABN(axis=axis)
+    y = bn(chainer.Variable(x.copy()))
+    with chainer.using_config("enable_backprop", False):
+        dx, dgamma, dbeta = y.creator.backward((0, 1, 2), (None,))
+    assert dx.shape == x.shape and dgamma.shape == bn.gamma.shape
+    assert not np.asarray(dx.array).any() and not np.asarray(dbeta.array).any()
+
+
 def test_standard_double_backward_over_axis():
     """Standard mode stays twice differentiable with axis (gradient check of the backward)."""
     C = pytest.importorskip("cupy_abn.chainer")

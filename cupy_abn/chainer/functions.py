@@ -164,7 +164,7 @@ class ABNFunction(chainer.FunctionNode):
         gz, = grad_outputs
         z = self.saved.z
         xp = chainer.backend.get_array_module(z)
-        gz = xp.zeros_like(z) if gz is None else gz.array
+        gz = xp.zeros(self.saved.shape, z.dtype) if gz is None else gz.array
         if self.comm is None:
             dx, dgamma, dbeta = api.abn_backward(self.saved, gz)
         else:
