@@ -218,14 +218,15 @@ def layout_of(x: Any, axis: Any) -> Optional[G.Layout]:
 def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, decay: float,
                   eps: float, activation: str, activation_param: float, mode: str,
                   axis: Any = None, count: Optional[int] = None,
-                  check_count: bool = True) -> Route:
+                  check_count: bool = True, out: Any = None) -> Route:
     """Check every argument of :func:`cupy_abn.abn_forward`, once, before anything is
     allocated or written.
 
     ``count`` overrides the per-channel element count checked in training (the global count
     of a synchronized layer, whose local batch may be empty); ``check_count=False`` leaves
     that check to the caller (a synchronized layer knows the global count only after its
-    exchange: :func:`check_count`).
+    exchange: :func:`check_count_of`).  ``out``: where the output goes instead of x (None,
+    or x itself, for x).
 
     Returns
     -------
@@ -237,8 +238,10 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
     TypeError, ValueError
         Naming the first argument that fails its check.
     """
+    if out is x:
+        out = None
     fam = check_same_family(x, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
-                                "running_var": running_var})
+                                "running_var": running_var, "out": out})
     lay = layout_of(x, axis)
     if lay is None:
         check_x(x)
@@ -271,13 +274,23 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
                  "with the running statistics)", "None", TypeError)
     elif check_count:
         check_count_of(x, count if count is not None else m, stacklevel=4)
-    if mode != "standard":
-        why = f"mode {mode!r} writes the output into x"
-        if lay is None or lay.view:   # the stages write into x's memory
-            check_in_place_target("x", x, why)
-        else:                         # the output is moved back into x
-            check_writeable("x", x, why)
+    if out is not None:   # x is only read
+        if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
+            fail("out", f"shape {tuple(x.shape)} and dtype {np.dtype(x.dtype)} (x's)",
+                 f"shape {tuple(out.shape)} and dtype {np.dtype(out.dtype)}")
+        _check_target("out", out, lay, "the output is written into it")
+    elif mode != "standard":
+        _check_target("x", x, lay, f"mode {mode!r} writes the output into x")
     return Route(fam, lay)
+
+
+def _check_target(name: str, a: Any, lay: Optional[G.Layout], why: str) -> None:
+    """Where the forward's output goes: C-contiguous when the stages write its memory (the
+    default layout or a view of x), else only writeable (the output is moved into it)."""
+    if lay is None or lay.view:
+        check_in_place_target(name, a, why)
+    else:
+        check_writeable(name, a, why)
 
 
 def check_count_of(x: Any, m: int, stacklevel: int = 3) -> None:

@@ -27,14 +27,16 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
                 running_var: Optional[Array] = None, *, training: bool = True,
                 decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
                 activation_param: float = 0.01, mode: str = "inplace", axis: Any = None,
-                check_finite: Optional[bool] = None) -> Tuple[Array, SavedState]:
+                check_finite: Optional[bool] = None,
+                out: Optional[Array] = None) -> Tuple[Array, SavedState]:
     """Batch normalization fused with an activation, in place in the in-place modes.
 
     Parameters
     ----------
     x : array, shape (N, C, ...)
         Input with channels on axis 1; float16, float32 or float64.  In the modes
-        ``"inplace"`` and ``"inplace_v1"`` it is overwritten with the output.
+        ``"inplace"`` and ``"inplace_v1"`` it is overwritten with the output, unless
+        ``out`` is given.
     gamma, beta : array, shape (C,)
         Scale and shift, of any float dtype (beta in gamma's); the computation accumulates in
         the wider of x's accumulation type (float32 for float16 x) and gamma's dtype.  In the
@@ -70,11 +72,17 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         -alpha (y below about -8.3 for float16 outputs, -16.2 for float32, -16.1 for
         float64), which the in-place backward cannot invert, are caught by the backward's
         check (:func:`abn_backward`).
+    out : array, optional
+        Where to write the output instead (same shape, dtype and device as x; C-contiguous
+        unless ``axis`` needs a copy; it must not overlap x unless it is x).  x is then only
+        read, and is left untouched in every mode: in a pre-activation residual block the
+        residual stream survives with no copy.  The in-place modes' backward still needs the
+        output only: x is not kept.
 
     Returns
     -------
     z : array
-        The output; in the in-place modes this is ``x`` itself.
+        The output: ``out`` when given, else ``x`` itself in the in-place modes.
     saved : SavedState
         What :func:`abn_backward` needs: ``z`` and per-channel vectors only (plus ``x`` in
         ``"standard"`` mode).
@@ -92,14 +100,14 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
     return _abn_forward(x, gamma, beta, running_mean, running_var, training=training,
                         decay=decay, eps=eps, activation=activation,
                         activation_param=activation_param, mode=mode, axis=axis,
-                        check_finite=check_finite)
+                        check_finite=check_finite, out=out)
 
 
 def _abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Array] = None,
                  running_var: Optional[Array] = None, *, training: bool = True,
                  decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
                  activation_param: float = 0.01, mode: str = "inplace", axis: Any = None,
-                 check_finite: Optional[bool] = None,
+                 check_finite: Optional[bool] = None, out: Optional[Array] = None,
                  combine_moments: Optional[Callable] = None,
                  global_count: Optional[int] = None,
                  route: Optional[V.Route] = None) -> Tuple[Array, SavedState]:
@@ -114,39 +122,46 @@ def _abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arr
     anything is allocated, x and the parameters viewed (or copied) as the stages take them,
     the stages run, the results written back.
     """
+    if out is x:
+        out = None
     if route is None:
         route = V.check_forward(x, gamma, beta, running_mean, running_var, training=training,
                                 decay=decay, eps=eps, activation=activation,
                                 activation_param=activation_param, mode=mode, axis=axis,
-                                count=global_count)
+                                count=global_count, out=out)
     fam, lay = route
     be = backend_for(x, fam)
     standard = mode == "standard"
+    into = out if out is not None else (None if standard else x)
     with device_scope(x, fam):   # every copy and output below lands on x's device
         k = G.channels(x.shape) if lay is None else lay.ncs[1]
         (g, b, rm, rv), copies = _axis.params_in(be, k, (gamma, beta, running_mean,
                                                          running_var))
-        # In place, the validation required x C-contiguous where its view is written.
-        x3 = _axis.to_ncs(be, lay, x, copy_strided=standard)
+        # Written in place only where the validation required x C-contiguous.
+        x3 = _axis.to_ncs(be, lay, x, copy_strided=into is not x)
         z3, saved = _forward(be, x3, g, b, rm, rv, training, decay, eps, activation,
                              float(activation_param), mode, combine_moments, global_count,
-                             _finite.resolve(check_finite))
+                             _finite.resolve(check_finite), _axis.out_ncs(lay, out))
         if training:
             _axis.write_back(be, copies, (running_mean, running_var))
-        z = _axis.from_ncs(be, lay, z3, into=None if standard else x)
+        z = _axis.from_ncs(be, lay, z3, into=into)
     saved.layout = lay
     return z, saved
 
 
 def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps, activation,
-             activation_param, mode, combine_moments, global_count, check=False):
+             activation_param, mode, combine_moments, global_count, check=False, out=None):
     """The stages of :func:`abn_forward` on checked arguments, contiguous x (N, C, ...) and
-    (C,) parameters."""
+    (C,) parameters; the output goes into ``out`` when given, else into x in the in-place
+    modes and a new array in standard mode."""
     abs_gamma = mode != "standard"
     acc = accum_dtype(x.dtype, gamma.dtype)
     size = x.size
     m = global_count if global_count is not None else G.count(x.shape)
-    z = be.empty_like(x) if mode == "standard" else x
+    if out is not None:
+        z = out
+    else:
+        z = be.empty_like(x) if mode == "standard" else x
     if training and combine_moments is None and not check:   # 1-2 launches on a GPU
         stats = be.normalize_train(x, z, gamma, beta, running_mean, running_var, eps=eps,
                                    decay=decay, abs_gamma=abs_gamma, activation=activation,
