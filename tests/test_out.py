@@ -119,3 +119,25 @@ def test_checked_forward_with_out_writes_nothing_on_a_nan(backend):
         cupy_abn.abn_forward(*args, out=out, check_finite=True)
     assert not to_host(out).any()
     np.testing.assert_array_equal(to_host(args[3]), rm)
+
+
+def test_chainer_fallback_reads_x_and_writes_a_new_buffer(monkeypatch):
+    """Where x must survive, the in-place link passes x itself and ``out=`` (no copy of x)."""
+    C = pytest.importorskip("cupy_abn.chainer")
+    import chainer
+    from cupy_abn import api
+    seen = []
+    real = api.abn_forward
+    monkeypatch.setattr(api, "abn_forward",
+                        lambda x, *a, **k: seen.append((x, k.get("out"))) or real(x, *a, **k))
+    x = np.random.default_rng(3).standard_normal((4, 3, 5)).astype(np.float32)
+    xv = chainer.Variable(x.copy())
+    bn = C.InPlaceABN(3)
+    with pytest.warns(C.InPlaceFallbackWarning, match="new buffer"):
+        y = bn(xv)   # a leaf: must survive
+    (passed, out), = seen
+    assert passed is xv.array and out is y.array and out is not xv.array
+    np.testing.assert_array_equal(xv.array, x)
+    y.grad = np.ones_like(y.array)
+    y.backward()
+    assert xv.grad is not None and np.isfinite(xv.grad).all()

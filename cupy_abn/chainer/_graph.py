@@ -7,9 +7,10 @@ before writing and makes the rest fail loudly:
   the network's input or a parameter), no node retains its array for backward (``node.data``
   is set by ``retain_inputs``/``retain_outputs``: a convolution that read x, an ``F.relu`` that
   produced it, a standard-mode ABN), and its array owns its memory (not a view that another
-  variable may share).  Otherwise the node computes on a copy and warns
-  (:class:`InPlaceFallbackWarning`); a non-contiguous x (Chainer's CPU convolution returns one)
-  is copied silently, since it must be made contiguous anyway and is not shared.  The array
+  variable may share).  Otherwise the node reads x and writes its output into a new buffer,
+  and warns (:class:`InPlaceFallbackWarning`); a non-contiguous x (Chainer's CPU convolution
+  returns one) takes that route silently, since it is read through a contiguous copy anyway
+  and is not shared.  The array
   must also have no Python reference besides its Variable's: one more means that someone
   else can see the memory (the caller, a view of it, a variable that ``F.identity`` passed it
   through from), and a copy is the safe answer.
@@ -32,7 +33,8 @@ import numpy as np
 
 
 class InPlaceFallbackWarning(UserWarning):
-    """An in-place layer computed on a copy of x because x must not be overwritten."""
+    """An in-place layer wrote its output into a new buffer because x must not be
+    overwritten."""
 
 
 def _after(layer: str) -> str:
@@ -114,13 +116,15 @@ _BASELINE_REFS = _array_refs(chainer.Variable(np.empty(1)))
 
 
 def needs_copy(x: Any, stacklevel: int = 3) -> bool:
-    """Whether the in-place node must work on a copy of ``x``; warns where x is protected."""
+    """Whether the in-place node must leave ``x`` as it is (its output then goes into a new
+    buffer); warns where x is protected."""
     reason = copy_reason(x)
     arr: Any = x.raw_array if isinstance(x, chainer.Variable) else x
     if reason is None:
         return not arr.flags.c_contiguous
-    warnings.warn(f"InPlaceABN computes on a copy of x (one extra buffer of shape "
-                  f"{tuple(arr.shape)}) because {reason}", InPlaceFallbackWarning,
+    warnings.warn(f"InPlaceABN writes its output into a new buffer, not into x (one extra "
+                  f"buffer of shape {tuple(arr.shape)}) because {reason}",
+                  InPlaceFallbackWarning,
                   stacklevel=stacklevel)
     return True
 

@@ -46,10 +46,11 @@ class ABNFunction(chainer.FunctionNode):
     training : bool
         Batch statistics (True) or running statistics (False).
     mode : {"standard", "inplace", "inplace_v1"}
-        In the in-place modes the output is written into x's array (or into a copy of it when
+        In the in-place modes the output is written into x's array (or into a new buffer when
         ``copy_input``).
     copy_input : bool
-        Work on a copy of x (the caller found that x must not be overwritten).
+        Leave x as it is and write the output into a new buffer (the caller found that x
+        must not be overwritten).
     decay, eps, activation, activation_param
         As in :func:`cupy_abn.abn_forward`.
     axis : int or tuple of int, optional
@@ -131,9 +132,13 @@ class ABNFunction(chainer.FunctionNode):
         mean, var = inputs[3:] if self.takes_stats else (self.running_mean,
                                                          self.running_var)
         in_place = self.kw["mode"] != "standard"
+        out = None
         if in_place and self.copy_input:
             xp = chainer.backend.get_array_module(x)
-            x = xp.array(x, order="C", copy=True)
+            if self.comm is None:   # the output into a new buffer: x is only read, not copied
+                out = xp.empty(x.shape, x.dtype)
+            else:                   # the synchronized forward takes no out=
+                x = xp.array(x, order="C", copy=True)
         axis = self._raw_axis(x, gamma)
         self.x_layout = self.input_layouts[0] if self.input_layouts else None
         self.output_layouts = (self.x_layout,)
@@ -141,7 +146,8 @@ class ABNFunction(chainer.FunctionNode):
             raise ValueError(f"axis: the synchronized layer normalizes over every axis but 1, "
                              f"got axis={self.axis} for x of ndim {x.ndim}")
         if self.comm is None:
-            z, self.saved = api.abn_forward(x, gamma, beta, mean, var, axis=axis, **self.kw)
+            z, self.saved = api.abn_forward(x, gamma, beta, mean, var, axis=axis, out=out,
+                                            **self.kw)
         else:
             z, self.saved = sync_abn_forward(x, gamma, beta, mean, var, self.comm, **self.kw)
         # Mark what the graph must not overwrite: x (standard mode keeps it) or z (in place).
@@ -331,7 +337,7 @@ def inplace_abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None,
     """InPlace-ABN: the output is written into x's array (INPLACE-ABN II by default).
 
     The scale applied is ``|gamma| + eps``.  x is overwritten only when it is the output of
-    another node that nobody retains; otherwise the node works on a copy and warns
+    another node that nobody retains; otherwise the node writes a new buffer and warns
     (:class:`InPlaceFallbackWarning`).  After an in-place call the input Variable must not be
     used again (its array is the output now; using it raises).
 
