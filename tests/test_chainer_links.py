@@ -13,27 +13,9 @@ import chainer.functions as F  # noqa: E402
 import chainer.links as L  # noqa: E402
 from chainer import serializers  # noqa: E402
 
+from tests._chainer_nets import Net, abn_norm  # noqa: E402
+
 SLOPE = 0.1
-
-
-class Net(chainer.Chain):
-    """conv -> norm+act -> conv -> norm+act -> residual add -> pool -> linear."""
-
-    def __init__(self, norm, width=4, dtype=np.float64):
-        super().__init__()
-        init = chainer.initializers.Normal(0.3, dtype=dtype)
-        with self.init_scope():
-            self.c1 = L.Convolution2D(3, width, 3, pad=1, initialW=init, initial_bias=init)
-            self.n1 = norm(width)
-            self.c2 = L.Convolution2D(width, width, 3, pad=1, initialW=init,
-                                      initial_bias=init)
-            self.n2 = norm(width)
-            self.fc = L.Linear(width, 5, initialW=init, initial_bias=init)
-
-    def forward(self, x):
-        h = self.n1(self.c1(x))
-        h = h + self.n2(self.c2(h))
-        return self.fc(F.average_pooling_2d(h, h.shape[2:]))
 
 
 def _bn_act(dtype):
@@ -52,12 +34,7 @@ def _pair(kind, dtype=np.float64, seed=0):
     """The reference network and one with cupy-abn layers, with identical parameters."""
     np.random.seed(seed)
     ref = Net(_bn_act(dtype), dtype=dtype)
-    if kind == "abn":
-        norm = lambda s: C.ABN(s, dtype=dtype, activation_param=SLOPE)  # noqa: E731
-    else:
-        norm = lambda s: C.InPlaceABN(s, dtype=dtype, activation_param=SLOPE,  # noqa: E731
-                                      mode=kind)
-    net = Net(norm, dtype=dtype)
+    net = Net(abn_norm(kind, dtype, SLOPE), dtype=dtype)
     for name in ("c1", "c2", "fc"):
         for p, q in zip(getattr(ref, name).params(), getattr(net, name).params()):
             q.array[...] = p.array

@@ -78,38 +78,9 @@ def assert_same_state(got, want, dtype, what):
 
 # ---- the links in a small network ------------------------------------------------------------
 def _link_net(kind, dtype=np.float64, seed=0):
-    C, chainer = _chainer()
-    import chainer.functions as F
-    import chainer.links as L
-
-    class Net(chainer.Chain):
-        """conv -> norm -> conv -> norm -> residual add -> pool -> linear."""
-
-        def __init__(self, norm, width=8):
-            super().__init__()
-            init = chainer.initializers.Normal(0.3, dtype=dtype)
-            with self.init_scope():
-                self.c1 = L.Convolution2D(3, width, 3, pad=1, initialW=init,
-                                          initial_bias=init)
-                self.n1 = norm(width)
-                self.c2 = L.Convolution2D(width, width, 3, pad=1, initialW=init,
-                                          initial_bias=init)
-                self.n2 = norm(width)
-                self.fc = L.Linear(width, 5, initialW=init, initial_bias=init)
-
-        def forward(self, x):
-            h = self.n1(self.c1(x))
-            h = h + self.n2(self.c2(h))
-            return self.fc(F.average_pooling_2d(h, h.shape[2:]))
-
-    if kind == "abn":
-        def norm(s):
-            return C.ABN(s, dtype=dtype, activation_param=SLOPE)
-    else:
-        def norm(s):
-            return C.InPlaceABN(s, dtype=dtype, activation_param=SLOPE, mode=kind)
+    from tests._chainer_nets import Net, abn_norm   # imports Chainer: only where it runs
     np.random.seed(seed)
-    return Net(norm)
+    return Net(abn_norm(kind, dtype, SLOPE), width=8, dtype=dtype)
 
 
 def _train_links(net, device, dtype):
