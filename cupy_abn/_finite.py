@@ -38,6 +38,7 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 
 from ._activations import ACTIVATIONS
+from ._validation import array_family
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)   # 65504
 
@@ -88,7 +89,7 @@ class GraphCaptureError(RuntimeError):
 def refuse_capture(a: Any) -> None:
     """Raise :class:`GraphCaptureError` when ``a`` is a CuPy array and the current stream is
     capturing a CUDA graph (before the checked pass launches anything)."""
-    if type(a).__module__.startswith("cupy"):
+    if array_family(a) == "cupy":
         import cupy
         if cupy.cuda.get_current_stream().is_capturing():
             raise GraphCaptureError(
@@ -102,11 +103,11 @@ def fetch(*arrays: Any) -> List[np.ndarray]:
     """Small device arrays on the host in one blocking copy: packed on the device into one
     float64 buffer (exact for every dtype used here: float16/32/64 and uint32 counts), copied
     once, split.  NumPy arrays are returned as they are."""
-    first = arrays[0]
-    if isinstance(first, np.ndarray):
-        return [np.asarray(a) for a in arrays]
+    family = array_family(arrays[0])
+    if family == "numpy":
+        return list(arrays)
     flat = [a.ravel().astype(np.float64) for a in arrays]
-    if type(first).__module__.startswith("cupy"):
+    if family == "cupy":
         import cupy
         packed = cupy.concatenate(flat)
     else:   # pyopencl (the kernels' test runtime)

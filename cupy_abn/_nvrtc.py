@@ -61,6 +61,10 @@ MAJORS: Tuple[int, ...] = (12, 13)
 # family at each major's minimum: raise this when a kernel needs more.
 KERNEL_MIN_ARCH = 50
 
+# The pip wheel of NVRTC for each CUDA major (the cuda12 and cuda13 extras install it with
+# CuPy; the static report records its version).
+NVRTC_WHEELS: Dict[int, str] = {12: "nvidia-cuda-nvrtc-cu12", 13: "nvidia-cuda-nvrtc"}
+
 # The oldest architecture NVRTC of each CUDA major compiles for: CUDA 12.0 dropped Kepler
 # (sm_35, sm_37), CUDA 13.0 Maxwell, Pascal and Volta (sm_50 to sm_72).
 NVRTC_MIN_ARCH: Dict[int, int] = {12: 50, 13: 75}

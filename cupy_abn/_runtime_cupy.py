@@ -37,10 +37,6 @@ _RUNTIMES: Dict[int, "CupyRuntime"] = {}
 _COMPILE_LOCK = threading.Lock()   # taken on a cache miss only: one build per variant
 
 
-# The pip wheel of NVRTC for each CUDA major (the cuda12 and cuda13 extras install it with CuPy).
-NVRTC_WHEELS = {12: "nvidia-cuda-nvrtc-cu12", 13: "nvidia-cuda-nvrtc"}
-
-
 def _cc(arch: int) -> str:
     """75 -> "7.5 (sm_75)"."""
     return f"{arch // 10}.{arch % 10} (sm_{arch})"
@@ -58,8 +54,9 @@ def _install_for(target: int, cuda_major: int, nv_major: int) -> str:
     """The pip commands that leave CuPy and NVRTC of CUDA ``target`` (and no newer NVRTC
     wheel) where CuPy for ``cuda_major`` loaded NVRTC ``nv_major``."""
     drop = ([f"cupy-cuda{cuda_major}x"] if cuda_major != target else []) + \
-        [NVRTC_WHEELS[m] for m in sorted(NVRTC_WHEELS) if m > target and m >= nv_major]
-    wheel = NVRTC_WHEELS.get(target, f"the NVRTC of CUDA {target}")
+        [_nvrtc.NVRTC_WHEELS[m] for m in sorted(_nvrtc.NVRTC_WHEELS)
+         if m > target and m >= nv_major]
+    wheel = _nvrtc.NVRTC_WHEELS.get(target, f"the NVRTC of CUDA {target}")
     add = ([f"'cupy-cuda{target}x>=13'"] if cuda_major != target else []) + \
         [f"'{wheel}=={target}.*'"]
     steps = ([f"pip uninstall {' '.join(drop)}"] if drop else []) + [f"pip install {' '.join(add)}"]

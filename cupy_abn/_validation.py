@@ -225,8 +225,8 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
     ``count`` overrides the per-channel element count checked in training (the global count
     of a synchronized layer, whose local batch may be empty); ``check_count=False`` leaves
     that check to the caller (a synchronized layer knows the global count only after its
-    exchange: :func:`check_count_of`).  ``out``: where the output goes instead of x (None,
-    or x itself, for x).
+    exchange: :func:`check_count_of`).  ``out``: where the output goes instead of x (None
+    for x itself).
 
     Returns
     -------
@@ -238,8 +238,6 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
     TypeError, ValueError
         Naming the first argument that fails its check.
     """
-    if out is x:
-        out = None
     fam = check_same_family(x, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
                                 "running_var": running_var, "out": out})
     lay = layout_of(x, axis)

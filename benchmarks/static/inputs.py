@@ -25,7 +25,7 @@ from . import sass as S
 
 # The wheel each NVRTC comes from when it is not a system library (its full version: two
 # patch releases of one minor may generate different code).
-NVRTC_WHEELS = {12: "nvidia-cuda-nvrtc-cu12", 13: "nvidia-cuda-nvrtc"}
+NVRTC_WHEELS = _nvrtc.NVRTC_WHEELS
 
 
 def _sha(data: bytes) -> str:
