@@ -8,7 +8,8 @@ The static model (``benchmarks/static/model.py``) predicts the time of one kerne
 from what a static reading of the compiled kernel found, given two numbers it cannot read:
 the memory latency (ns) and the peak bandwidth (GB/s) of the device:
 
-    predict_us(record: dict, latency_ns: float, bandwidth_GBps: float) -> float
+    predict_us(record: dict, latency_ns: float, bandwidth_GBps: float,
+               clock_GHz: float = ...) -> float      (clock_GHz: where a model takes it)
 
 ``record`` is one per-launch record of ``static_report.json``.  A timed pass of the
 benchmark (one API call: e.g. a training forward = a statistics launch and an apply launch)
@@ -44,7 +45,6 @@ parameters: the whole path without a GPU, which must find those parameters again
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import inspect
 import json
@@ -53,7 +53,7 @@ import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -174,29 +174,16 @@ def for_sms(record: Dict[str, Any], sms: int) -> Dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def on_device(predict: Predict, spec: DeviceSpec) -> Iterator[Predict]:
-    """``predict`` for ``spec``: its records rescaled to the device's SMs, and the clock the
-    device's (a ``clock_GHz`` keyword where the model takes one, else its ``CLOCK_GHZ``
-    module constant for the duration, restored after)."""
-    params = inspect.signature(predict).parameters
-    g = getattr(predict, "__globals__", {})
-    patched = "clock_GHz" not in params and "CLOCK_GHZ" in g
-    old = g.get("CLOCK_GHZ")
-    if patched:
-        g["CLOCK_GHZ"] = spec.clock_ghz
+def on_device(predict: Predict, spec: DeviceSpec) -> Predict:
+    """``predict`` for ``spec``: its records rescaled to the device's SMs, and the device's
+    clock passed as ``clock_GHz`` where the model takes one (a stand-in model may not)."""
+    clock = ({"clock_GHz": spec.clock_ghz}
+             if "clock_GHz" in inspect.signature(predict).parameters else {})
 
     def on(record: Dict[str, Any], latency_ns: float, bandwidth_GBps: float) -> float:
-        rec = for_sms(record, spec.sms)
-        if "clock_GHz" in params:
-            return predict(rec, latency_ns, bandwidth_GBps, clock_GHz=spec.clock_ghz)
-        return predict(rec, latency_ns, bandwidth_GBps)
+        return predict(for_sms(record, spec.sms), latency_ns, bandwidth_GBps, **clock)
 
-    try:
-        yield on
-    finally:
-        if patched:
-            g["CLOCK_GHZ"] = old
+    return on
 
 
 def load_predict(spec: str = "benchmarks.static.model:predict_us") -> Predict:
@@ -439,10 +426,10 @@ def run_fit(measured: Dict[str, Any], report: Any, predict: Predict,
     records = launch_records(report)
     where = _default_where(measured, records) if where is None else where
     groups = match(records, measured["rows"], where)
-    with (on_device(predict, spec) if spec else contextlib.nullcontext(predict)) as model:
-        params = fit(groups, model)
-        prior = _prior(groups, model, _default_latency(predict), spec)
-        rows = report_rows(groups, model, params, measured["rows"], measured.get("copy_gbps"))
+    model = on_device(predict, spec) if spec else predict
+    params = fit(groups, model)
+    prior = _prior(groups, model, _default_latency(predict), spec)
+    rows = report_rows(groups, model, params, measured["rows"], measured.get("copy_gbps"))
     if prior:
         for row, p in zip(rows, prior.pop("predicted_us")):
             row["prior_us"] = p
@@ -464,14 +451,14 @@ def synthetic_measurement(report: Any, predict: Predict, spec: DeviceSpec,
     major = max((p.get("major", 0) for p in items), default=0)
     arch = next((p["arch"] for p in items if "arch" in p), None)
     rows = []
-    with on_device(predict, spec) as model:
-        for p in items:
-            if p.get("major", major) != major or p.get("arch", arch) != arch:
-                continue
-            us = sum(model(r, latency_ns, bandwidth_GBps) for r in p["launches"])
-            rows.append({"impl": f"cupy-abn {p['mode']}", "pass": p["pass"],
-                         "shape": list(p["shape"]), "dtype": p["dtype"], "ms": us / 1e3,
-                         "model_bytes": p.get("minimal_bytes")})
+    model = on_device(predict, spec)
+    for p in items:
+        if p.get("major", major) != major or p.get("arch", arch) != arch:
+            continue
+        us = sum(model(r, latency_ns, bandwidth_GBps) for r in p["launches"])
+        rows.append({"impl": f"cupy-abn {p['mode']}", "pass": p["pass"],
+                     "shape": list(p["shape"]), "dtype": p["dtype"], "ms": us / 1e3,
+                     "model_bytes": p.get("minimal_bytes")})
     cap = f"{arch[3:-1]}.{arch[-1]}" if arch and arch.startswith("sm_") else None
     return {"device": f"{spec.name} (synthetic: the model's own times)", "rows": rows,
             "copy_gbps": spec.copy_gbps, "environment": {"cuda_runtime": major * 1000},

@@ -559,8 +559,8 @@ def test_the_device_clock_reaches_the_model_and_is_restored():
            "bytes_in_flight_per_thread": 16, "resident_threads_per_sm": 2048, "waves": 1.0,
            "sms": 132}
     slow = predict(rec, 700.0, 3000.0)
-    with fit_model.on_device(predict, spec) as fast:
-        assert fast(rec, 700.0, 3000.0) - 2.0 == pytest.approx((slow - 2.0) / 2)
+    fast = fit_model.on_device(predict, spec)
+    assert fast(rec, 700.0, 3000.0) - 2.0 == pytest.approx((slow - 2.0) / 2)
     assert g["CLOCK_GHZ"] == before
 
 

@@ -41,7 +41,8 @@ LAUNCH_US = 2.0
 
 
 def terms_us(record: dict, latency_ns: float = LATENCY_NS,
-             bandwidth_GBps: float = COPY_BANDWIDTH_GBPS) -> Dict[str, float]:
+             bandwidth_GBps: float = COPY_BANDWIDTH_GBPS,
+             clock_GHz: float = CLOCK_GHZ) -> Dict[str, float]:
     """The three limits of one launch, in µs, before quantization and launch cost.
 
     Parameters
@@ -51,6 +52,8 @@ def terms_us(record: dict, latency_ns: float = LATENCY_NS,
         ``bytes_in_flight_per_thread``, ``resident_threads_per_sm``, ``waves``, ``sms``.
     latency_ns, bandwidth_GBps : float
         Memory latency and achievable bandwidth.
+    clock_GHz : float
+        The SM clock of the instruction-issue limit (the device's maximum boost clock).
 
     Returns
     -------
@@ -59,7 +62,7 @@ def terms_us(record: dict, latency_ns: float = LATENCY_NS,
     sms = record.get("sms", SMS)
     t_bw = record["bytes"] / (bandwidth_GBps * 1e3)          # bytes / (GB/s) -> µs
     warp_instr = record["elements"] * record["instructions_per_element"] / WARP
-    t_issue = warp_instr / (SCHEDULERS * CLOCK_GHZ * 1e3 * sms)
+    t_issue = warp_instr / (SCHEDULERS * clock_GHz * 1e3 * sms)
     inflight = sms * record["resident_threads_per_sm"] * record["bytes_in_flight_per_thread"]
     t_lat = (record["load_bytes"] * latency_ns * 1e-3 / inflight
              if inflight > 0 and record["load_bytes"] > 0 else 0.0)
@@ -76,7 +79,7 @@ def terms_us(record: dict, latency_ns: float = LATENCY_NS,
 
 def predict_us(record: dict, latency_ns: float = LATENCY_NS,
                bandwidth_GBps: float = COPY_BANDWIDTH_GBPS,
-               launch_us: float = LAUNCH_US) -> float:
+               launch_us: float = LAUNCH_US, clock_GHz: float = CLOCK_GHZ) -> float:
     """Predicted time of one launch in µs (see the module docstring).
 
     Parameters
@@ -89,12 +92,14 @@ def predict_us(record: dict, latency_ns: float = LATENCY_NS,
         Achievable (copy) bandwidth.
     launch_us : float
         Fixed cost per launch.
+    clock_GHz : float
+        The SM clock (see :func:`terms_us`).
 
     Returns
     -------
     float
     """
-    t = terms_us(record, latency_ns, bandwidth_GBps)
+    t = terms_us(record, latency_ns, bandwidth_GBps, clock_GHz)
     return max(t["bandwidth"], t["issue"], t["latency"]) * t["quantization"] + launch_us
 
 
