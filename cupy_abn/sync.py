@@ -219,19 +219,21 @@ def _exchange_header(exchange: Exchange, x, rejected: Optional[BaseException],
 def sync_abn_forward(x, gamma, beta, running_mean, running_var, comm: Any, *,
                      training: bool = True, decay: float = 0.9, eps: float = 2e-5,
                      activation: str = "leaky_relu", activation_param: float = 0.01,
-                     mode: str = "inplace") -> Tuple[Any, SavedState]:
+                     mode: str = "inplace", out: Any = None) -> Tuple[Any, SavedState]:
     """:func:`cupy_abn.abn_forward` with the statistics of the batch of all ranks of ``comm``.
 
     Every rank of ``comm`` must call it (collectively) for the same layer, with its own slice
     ``x`` of the global batch: ``x.shape[0]`` may differ between ranks and may be 0.  The
     parameters and running statistics are expected to be the same on every rank; the running
     statistics are updated identically everywhere.  ``comm`` is a ChainerMN communicator (or an
-    mpi4py communicator).  With ``training=False`` nothing is exchanged.
+    mpi4py communicator).  With ``training=False`` nothing is exchanged.  ``out``: as
+    :func:`cupy_abn.abn_forward`'s (this rank's output there, x left untouched).
 
     Returns ``(z, saved)`` as :func:`cupy_abn.abn_forward`; ``saved.m`` is the global count.
     """
+    out = None if out is x else out
     kw: Dict[str, Any] = dict(training=training, decay=decay, eps=eps, activation=activation,
-                              activation_param=activation_param, mode=mode)
+                              activation_param=activation_param, mode=mode, out=out)
     if not training:
         return abn_forward(x, gamma, beta, running_mean, running_var, **kw)
     exchange = Exchange(comm)

@@ -133,12 +133,8 @@ class ABNFunction(chainer.FunctionNode):
                                                          self.running_var)
         in_place = self.kw["mode"] != "standard"
         out = None
-        if in_place and self.copy_input:
-            xp = chainer.backend.get_array_module(x)
-            if self.comm is None:   # the output into a new buffer: x is only read, not copied
-                out = xp.empty(x.shape, x.dtype)
-            else:                   # the synchronized forward takes no out=
-                x = xp.array(x, order="C", copy=True)
+        if in_place and self.copy_input:   # the output into a new buffer: x is only read
+            out = chainer.backend.get_array_module(x).empty(x.shape, x.dtype)
         axis = self._raw_axis(x, gamma)
         self.x_layout = self.input_layouts[0] if self.input_layouts else None
         self.output_layouts = (self.x_layout,)
@@ -149,7 +145,8 @@ class ABNFunction(chainer.FunctionNode):
             z, self.saved = api.abn_forward(x, gamma, beta, mean, var, axis=axis, out=out,
                                             **self.kw)
         else:
-            z, self.saved = sync_abn_forward(x, gamma, beta, mean, var, self.comm, **self.kw)
+            z, self.saved = sync_abn_forward(x, gamma, beta, mean, var, self.comm, out=out,
+                                             **self.kw)
         # Mark what the graph must not overwrite: x (standard mode keeps it) or z (in place).
         # Standard mode also keeps the (per-channel) parameters for its differentiable
         # backward.
