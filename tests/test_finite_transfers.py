@@ -13,7 +13,7 @@ import pytest
 
 import cupy_abn
 from cupy_abn._finite import GraphCaptureError
-from tests._backends import pocl_queue
+from tests._backends import pocl_queue_or_skip
 from tests._cases import make_inputs
 from tests._fake_cupy import _on, fake_cupy_module, transfers, two_gpus  # noqa: F401
 
@@ -34,9 +34,7 @@ def counted_gets(monkeypatch):
 
 @pytest.mark.parametrize("dtype,activation", CASES, ids=["f32", "f16", "f32-elu"])
 def test_one_host_copy_per_checked_pass_on_the_kernels(counted_gets, dtype, activation):
-    queue = pocl_queue()
-    if queue is None:
-        pytest.skip("no PoCL OpenCL device (pip install pocl-binary-distribution)")
+    queue = pocl_queue_or_skip()
     import pyopencl.array as cla
     host = make_inputs((4, 3, 40), dtype, "transfers")
     x, g, b, rm, rv, dz = (cla.to_device(queue, np.ascontiguousarray(a)) for a in host)
