@@ -130,32 +130,39 @@ def _channels(bad: np.ndarray) -> str:
 
 
 def check_forward(mean: Any, m2: Any, stats: Optional[Any], extrema: Sequence[Any], *,
-                  eps: float, activation: str, param: float) -> None:
+                  eps: float, activation: str, param: float,
+                  residual: Optional[Sequence[Any]] = None) -> None:
     """The checks of a training forward, from one host copy of the per-channel partials
     (``mean``, ``m2``: (C, B)), the statistics computed from them (``stats``, (6, C); None for
     an empty local batch) and, for float16 outputs, the partials' min and max of x
-    (``extrema``; empty otherwise).
+    (``extrema``; empty otherwise).  ``residual``: the same partials of a fused residual add's
+    r, (mean, m2) and for float16 outputs (min, max), or None.
 
     Raises
     ------
     NonFiniteError
-        x holds NaN or Inf; a scale 1 / sqrt(var + eps) is not finite; or a float16 output
-        would overflow.
+        x (or r) holds NaN or Inf; a scale 1 / sqrt(var + eps) is not finite; or a float16
+        output would overflow.
     """
-    given = [mean, m2] + ([stats] if stats is not None else []) + list(extrema)
+    res = list(residual or ())
+    given = [mean, m2] + ([stats] if stats is not None else []) + list(extrema) + res
     host = fetch(*given)
+    host_res = host[len(host) - len(res):]
     _check_moments(host[0], host[1])
+    if res:
+        _check_moments(host_res[0], host_res[1], "residual")
     if stats is not None:
         _check_stats(host[2], eps)
         if extrema:
-            _check_float16_output(host[2], host[3], host[4], activation, param)
+            _check_float16_output(host[2], host[3], host[4], activation, param,
+                                  host_res[2:4] if res else None)
 
 
-def _check_moments(mean: np.ndarray, m2: np.ndarray) -> None:
-    """A channel's partial moments are not finite: x holds NaN or Inf there."""
+def _check_moments(mean: np.ndarray, m2: np.ndarray, name: str = "x") -> None:
+    """A channel's partial moments are not finite: ``name`` holds NaN or Inf there."""
     bad = ~(np.isfinite(mean) & np.isfinite(m2)).all(axis=1)
     if bad.any():
-        raise NonFiniteError(f"check_finite: x holds NaN or Inf (or values whose squares "
+        raise NonFiniteError(f"check_finite: {name} holds NaN or Inf (or values whose squares "
                              f"overflow the accumulation) in {_channels(bad)}; nothing was "
                              f"written (x, running statistics)")
 
@@ -172,15 +179,21 @@ def _check_stats(st: np.ndarray, eps: float) -> None:
 
 
 def _check_float16_output(stats: np.ndarray, xmin: np.ndarray, xmax: np.ndarray,
-                          activation: str, param: float) -> None:
-    """phi(y) of some element would exceed float16's range: y is affine in x per channel and
-    phi monotone, so the channel's min and max of x bound it."""
+                          activation: str, param: float,
+                          residual: Optional[Sequence[np.ndarray]] = None) -> None:
+    """phi(y [+ r]) of some element would exceed float16's range: y is affine in x per
+    channel and phi monotone, so the channel's min and max of x (and of r) bound it."""
     from ._state import BETA, MEAN, SCALE
     st = stats.astype(np.float64)
     lo = xmin.astype(np.float64).min(axis=1)
     hi = xmax.astype(np.float64).max(axis=1)
     phi = ACTIVATIONS[activation].forward
-    ends = [phi((v - st[MEAN]) * st[SCALE] + st[BETA], param) for v in (lo, hi)]
+    y = [(v - st[MEAN]) * st[SCALE] + st[BETA] for v in (lo, hi)]
+    y_lo, y_hi = np.minimum(*y), np.maximum(*y)
+    if residual is not None:   # v = y + r lies in [y_lo + r_lo, y_hi + r_hi]
+        y_lo = y_lo + residual[0].astype(np.float64).min(axis=1)
+        y_hi = y_hi + residual[1].astype(np.float64).max(axis=1)
+    ends = [phi(v, param) for v in (y_lo, y_hi)]
     bound = np.maximum(np.abs(ends[0]), np.abs(ends[1]))
     bad = ~(bound <= FLOAT16_MAX)
     if bad.any():

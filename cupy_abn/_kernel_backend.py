@@ -58,7 +58,7 @@ RESIDENT = True            # channels that fit one block take the one-launch pat
 
 
 def unroll(stage: str, vec: int, t: int = 0, idx64: bool = False, last: bool = False,
-           saturated: bool = False) -> int:
+           saturated: bool = False, residual: bool = False) -> int:
     """Packs in flight per thread and streamed tensor in the hot loops (UNROLL in
     kernels/channel_moments.cu, normalize_activate.cu and grad_terms.cuh): 4 packs (8 single
     elements) in the forward; 2 (4) per tensor in the backward, 1 where they would not fit in
@@ -68,16 +68,22 @@ def unroll(stage: str, vec: int, t: int = 0, idx64: bool = False, last: bool = F
     fewer: 2 packs of 8 in ``normalize_activate_last``, and the backward's limit is 8 values
     per tensor instead of 16 (``grad_sums_last.cu``, ``grad_input_last.cu``).  The
     finiteness check's ``grad_sums`` variants that count saturated outputs (``saturated``)
-    take 1 pack on the vector path (``grad_sums.cu``: the count would spill at 2)."""
+    take 1 pack on the vector path (``grad_sums.cu``: the count would spill at 2).
+
+    A fused residual add (``residual``, kernels/residual.cuh) streams r beside x: the
+    elementwise forward keeps half as many 8-wide packs (channels-last: half as many rows of
+    any width) in flight, and the backward counts r as a third tensor, as x for plain ABN."""
     if stage == "forward":
-        return 8 if vec == 1 else 4
+        return 8 if vec == 1 else (2 if residual and vec == 8 else 4)
     if stage == "normalize":
-        return 8 if vec == 1 else (2 if last and vec == 8 else 4)
+        if vec == 1:
+            return 8
+        return (2 if last and vec == 8 else 4) // (2 if residual and last else 1)
     if vec == 1:
         return 4
     if saturated and not last:
         return 1
-    streams = 3 if t == T_XHAT_FROM_X else 2
+    streams = 3 if t == T_XHAT_FROM_X or residual else 2
     return 1 if vec * streams * (1 + bool(idx64)) > (8 if last else 16) else 2
 
 
@@ -301,11 +307,11 @@ class KernelBackend:
         return outs + ext if extrema else outs
 
     def normalize_train(self, x, out, gamma, beta, running_mean, running_var, *, eps, decay,
-                        abs_gamma, activation, param, acc):
+                        abs_gamma, activation, param, acc, residual=None):
         """A training forward: statistics (6, C) and ``out``.  A channel that fits one block
         takes one launch that reads x once (``normalize_train_resident``); otherwise
         ``channel_moments`` finishes the statistics in its last block per channel, then
-        ``normalize_activate``."""
+        ``normalize_activate``.  With ``residual`` (r, like x): out = phi(y + r)."""
         acc = np.dtype(acc)
         c = G.channels(x.shape)
         update = running_mean is not None
@@ -314,25 +320,25 @@ class KernelBackend:
         stats = self.rt.empty((N_ROWS, c), acc)
         finish = (gamma, beta, rm, rv, np.int32(update), acc.type(eps), acc.type(decay),
                   acc.type(1 - decay), np.int32(abs_gamma))
-        vector = self.vector_path(x.shape, x, out, acc=acc)
+        vector = self.vector_path(x.shape, x, out, residual, acc=acc)
         _, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
         block = self._resident(m, x.dtype, vector, idx64, acc, channels_last(x.shape))
         if block:
             fn = self._fn("channel_resident", "normalize_train_resident", store=x.dtype,
                           param=gamma.dtype, act=ACTIVATIONS[activation].code, t=0,
-                          idx64=idx64, vector=vector, acc=acc)
+                          idx64=idx64, vector=vector, acc=acc, residual=residual is not None)
             self.rt.launch(fn, c, block, (x, out, np.uint32(c), it(row_len), it(m)) + finish
-                           + (acc.type(param), stats))
+                           + (acc.type(param), stats) + _given(residual))
             return stats
         # Every kernel of the pass is built before the first launch writes anything.
-        self.prepare_normalize(x, out, acc, activation, acc)
+        self.prepare_normalize(x, out, acc, activation, acc, residual)
         fn, grid, plan, args, outs = self._moments(x, gamma.dtype, acc)
         groups = grid // plan.parts   # channels, or channels-last tiles
         arrivals = self.rt.zeros((groups,), np.uint32) if plan.parts > 1 else outs[0]
         self.rt.launch(fn, grid, plan.block,
                        args + outs + (arrivals, np.int32(1)) + finish + (stats,)
                        + (outs[0], outs[0]))   # no extrema
-        self.normalize_activate(x, out, stats, activation, param)
+        self.normalize_activate(x, out, stats, activation, param, residual)
         return stats
 
     def _moments(self, x, param_dtype, acc, extrema=False):
@@ -400,78 +406,88 @@ class KernelBackend:
                                          acc.type(eps), np.int32(abs_gamma), stats))
         return stats
 
-    def normalize_activate(self, x, out, stats, activation, param):
-        """out = phi((x - mean) * scale + beta) with the constants of ``stats``."""
+    def normalize_activate(self, x, out, stats, activation, param, residual=None):
+        """out = phi((x - mean) * scale + beta [+ residual]) with the constants of ``stats``."""
         acc = np.dtype(stats.dtype)
         z = acc.type(0)
         self._normalize(x, out, stats, activation, param, acc,
-                        (np.int32(0), stats, stats, stats, stats, z, np.int32(0)))   # no param
+                        (np.int32(0), stats, stats, stats, stats, z, np.int32(0)),   # no param
+                        residual)
 
     def normalize_eval(self, x, out, gamma, beta, running_mean, running_var, *, eps, abs_gamma,
-                       activation, param, acc):
+                       activation, param, acc, residual=None):
         """An evaluation forward in one launch: each row computes its channel's constants
         from the running statistics; returns stats (6, C) for the backward."""
         acc = np.dtype(acc)
         stats = self.rt.empty((N_ROWS, G.channels(x.shape)), acc)
         self._normalize(x, out, stats, activation, param, gamma.dtype,
                         (np.int32(1), gamma, beta, running_mean, running_var, acc.type(eps),
-                         np.int32(abs_gamma)))
+                         np.int32(abs_gamma)), residual)
         return stats
 
-    def _normalize(self, x, out, stats, activation, param, param_dtype, tail):
+    def _normalize(self, x, out, stats, activation, param, param_dtype, tail, residual):
         fn, grid, block, head = self._normalize_launch(x, out, stats, stats.dtype, activation,
-                                                       param, param_dtype)
-        self.rt.launch(fn, grid, block, head + tail)
+                                                       param, param_dtype, residual)
+        self.rt.launch(fn, grid, block, head + tail + _given(residual))
 
-    def prepare_normalize(self, x, out, acc, activation, param_dtype) -> None:
+    def prepare_normalize(self, x, out, acc, activation, param_dtype, residual=None) -> None:
         """Build the elementwise forward kernel now, so that a failed build raises before
         the statistics launch writes the running statistics."""
-        self._normalize_launch(x, out, None, acc, activation, 0.0, param_dtype)
+        self._normalize_launch(x, out, None, acc, activation, 0.0, param_dtype, residual)
 
-    def _normalize_launch(self, x, out, stats, acc, activation, param, param_dtype):
+    def _normalize_launch(self, x, out, stats, acc, activation, param, param_dtype, residual):
         """(fn, grid, block, leading arguments) of the elementwise forward (stats of dtype
-        ``acc``)."""
+        ``acc``); the residual, when given, is the launch's last argument."""
         acc = np.dtype(acc)
-        vector = self.vector_path(x.shape, x, out, acc=acc)
+        res = residual is not None
+        vector = self.vector_path(x.shape, x, out, residual, acc=acc)
         c, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
         if channels_last(x.shape):
             tile_x, tiles, parts, block = self._tile_rows(
-                m, row_len, unroll("normalize", K.vec_width(x.dtype, vector), last=True))
+                m, row_len, unroll("normalize", K.vec_width(x.dtype, vector), last=True,
+                                   residual=res))
             fn = self._fn("normalize_activate_last", store=x.dtype, param=param_dtype,
                           act=ACTIVATIONS[activation].code, idx64=idx64, vector=vector,
-                          acc=acc)
+                          acc=acc, residual=res)
             return fn, tiles * parts, block, (
                 x, out, stats, np.uint32(c), np.uint32(row_len), it(m), np.uint32(tile_x),
                 np.uint32(parts), acc.type(param))
         rows = x.shape[0] * c
-        plan = row_plan(rows, row_len, unroll("forward", K.vec_width(x.dtype, vector)),
+        plan = row_plan(rows, row_len, unroll("forward", K.vec_width(x.dtype, vector),
+                                              residual=res),
                         self.rt.max_block,
                         MAX_ROW_GRID)
         fn = self._fn("normalize_activate", store=x.dtype, param=param_dtype,
-                      act=ACTIVATIONS[activation].code, idx64=idx64, vector=vector, acc=acc)
+                      act=ACTIVATIONS[activation].code, idx64=idx64, vector=vector, acc=acc,
+                      residual=res)
         return fn, plan.grid, plan.block, (
             x, out, stats, np.uint32(c), it(row_len), it(rows), np.uint32(plan.row_threads),
             acc.type(param))
 
     # ---- backward --------------------------------------------------------------------------
-    def backward_terms(self, z, dz, x, stats, activation, param, t):
+    def backward_terms(self, z, dz, x, stats, activation, param, t, residual=None):
         """The kernels rebuild dy and t from z in registers: the terms are the inputs, and
-        the path (packs or elements) that every backward launch takes."""
-        src = x if t == T_XHAT_FROM_X else None
-        return z, dz, src, stats, activation, param, t, self.vector_path(z.shape, z, dz, src,
-                                                                         acc=stats.dtype)
+        the path (packs or elements) that every backward launch takes.  The kernels' x
+        argument (``src``) carries x for plain ABN, the residual r where t needs it (the
+        in-place modes, y = phi_inv(z) - r: ``residual`` is given there only), else nothing."""
+        src = x if t == T_XHAT_FROM_X else residual
+        return (z, dz, src, stats, activation, param, t, residual is not None,
+                self.vector_path(z.shape, z, dz, src, acc=stats.dtype))
 
     def _grad_sums(self, terms, param_dtype, saturated=False):
         """(fn, grid, plan, arguments up to the outputs, outputs (sum dy, sum dy*t)); the
         ``saturated`` variant (the check's) counts saturated ELU outputs as well."""
-        z, dz, src, stats, activation, param, t, vector = terms
+        z, dz, src, stats, activation, param, t, residual, vector = terms
         acc = np.dtype(stats.dtype)
         c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
         last = channels_last(z.shape)
-        fn = self._fn("grad_sums_last" if last else "grad_sums", store=z.dtype,
-                      param=param_dtype, act=ACTIVATIONS[activation].code, t=t, idx64=idx64,
-                      vector=vector, acc=acc, saturated=saturated)
-        u = unroll("backward", K.vec_width(z.dtype, vector), t, idx64, last, saturated)
+        family = "grad_sums_last" if last else "grad_sums"
+        residual = residual and K.residual_read(family, t)
+        fn = self._fn(family, store=z.dtype, param=param_dtype,
+                      act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector,
+                      acc=acc, saturated=saturated, residual=residual)
+        u = unroll("backward", K.vec_width(z.dtype, vector), t, idx64, last, saturated,
+                   residual)
         head = (z, dz, z if src is None else src, stats, np.uint32(c))
         if last:
             tile_x = tile_width(row_len)
@@ -501,35 +517,37 @@ class KernelBackend:
                                       np.int32(0), dummy, dummy, dummy) + counts)
         return outs + counts
 
-    def backward_local(self, terms, gamma, dx, *, m, training, abs_gamma):
-        """A backward: dx into ``dx``; returns dgamma, dbeta (gamma's dtype).  A channel that
-        fits one block takes one launch that reads z and dz once (``grad_resident``);
-        otherwise ``grad_sums`` finishes the coefficients in its last block per channel, then
-        ``grad_input``."""
-        z, dz, src, stats, activation, param, t, vector = terms
+    def backward_local(self, terms, gamma, dx, *, m, training, abs_gamma, dres=None):
+        """A backward: dx into ``dx`` (and dL/dr into ``dres`` after a residual add); returns
+        dgamma, dbeta (gamma's dtype).  A channel that fits one block takes one launch that
+        reads z and dz once (``grad_resident``); otherwise ``grad_sums`` finishes the
+        coefficients in its last block per channel, then ``grad_input``."""
+        z, dz, src, stats, activation, param, t, residual, vector = terms
         acc = np.dtype(stats.dtype)
         c = G.channels(z.shape)
         dgamma, dbeta = self.rt.empty((c,), gamma.dtype), self.rt.empty((c,), gamma.dtype)
         coef = self.rt.empty((N_COEF, c), acc)
         finish = (gamma, acc.type(m), np.int32(bool(training)), np.int32(bool(abs_gamma)),
                   dgamma, dbeta, coef)
-        vector = vector and self.rt.aligned(dx, K.PACK_BYTES)
+        vector = vector and all(self.rt.aligned(a, K.PACK_BYTES) for a in (dx, dres)
+                                if a is not None)
         _, row_len, mp, it, idx64 = self._geometry(z.shape, z.dtype, vector)
         block = self._resident(mp, z.dtype, vector, idx64, acc, channels_last(z.shape))
         if block:
             fn = self._fn("channel_resident", "grad_resident", store=z.dtype, param=gamma.dtype,
                           act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector,
-                          acc=acc)
+                          acc=acc, residual=dres is not None)
             self.rt.launch(fn, c, block,
                            (z, dz, z if src is None else src, stats, np.uint32(c), it(row_len),
-                            it(mp), acc.type(param), _reciprocal(acc, param)) + finish + (dx,))
+                            it(mp), acc.type(param), _reciprocal(acc, param)) + finish + (dx,)
+                           + _given(dres))
             return dgamma, dbeta
         terms = terms[:-1] + (vector,)
         fn, grid, plan, args, outs = self._grad_sums(terms, gamma.dtype)
         groups = grid // plan.parts   # channels, or channels-last tiles
         arrivals = self.rt.zeros((groups,), np.uint32) if plan.parts > 1 else outs[0]
         self.rt.launch(fn, grid, plan.block, args + outs + (arrivals, np.int32(1)) + finish)
-        self.grad_input(terms, coef, dx)
+        self.grad_input(terms, coef, dx, dres)
         return dgamma, dbeta
 
     def channel_backward(self, sum_dy, sum_dy_t, stats, gamma, *, m, t, training, abs_gamma):
@@ -548,32 +566,44 @@ class KernelBackend:
                    dbeta, coef))
         return dgamma, dbeta, coef
 
-    def grad_input(self, terms, coef, dx):
-        z, dz, src, stats, activation, param, t, vector = terms
-        if vector and not self.rt.aligned(dx, K.PACK_BYTES):
+    def grad_input(self, terms, coef, dx, dres=None):
+        """dx = (dy - t * A - B) * K into ``dx``; after a residual add also dL/dr = dy into
+        ``dres``."""
+        z, dz, src, stats, activation, param, t, _, vector = terms
+        residual = dres is not None   # dL/dr written (r itself read where t needs it)
+        if vector and not all(self.rt.aligned(a, K.PACK_BYTES) for a in (dx, dres)
+                              if a is not None):
             vector = False
         acc = np.dtype(stats.dtype)
         c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
+        src = z if src is None else src
         if channels_last(z.shape):
             tile_x, tiles, parts, block = self._tile_rows(
-                m, row_len, unroll("backward", K.vec_width(z.dtype, vector), t, idx64, True))
+                m, row_len, unroll("backward", K.vec_width(z.dtype, vector), t, idx64, True,
+                                   residual=residual))
             fn = self._fn("grad_input_last", store=z.dtype, act=ACTIVATIONS[activation].code,
-                          t=t, idx64=idx64, vector=vector, acc=acc)
+                          t=t, idx64=idx64, vector=vector, acc=acc, residual=residual)
             self.rt.launch(fn, tiles * parts, block,
-                           (z, dz, z if src is None else src, coef, np.uint32(c),
-                            np.uint32(row_len), it(m), np.uint32(tile_x), np.uint32(parts),
-                            acc.type(param), _reciprocal(acc, param), dx))
+                           (z, dz, src, coef, np.uint32(c), np.uint32(row_len), it(m),
+                            np.uint32(tile_x), np.uint32(parts), acc.type(param),
+                            _reciprocal(acc, param), dx) + _given(dres))
             return
         rows = z.shape[0] * c
-        plan = row_plan(rows, row_len, unroll("backward", K.vec_width(z.dtype, vector), t, idx64),
+        plan = row_plan(rows, row_len, unroll("backward", K.vec_width(z.dtype, vector), t, idx64,
+                                              residual=residual),
                         self.rt.max_block,
                         MAX_ROW_GRID)
         fn = self._fn("grad_input", store=z.dtype, act=ACTIVATIONS[activation].code, t=t,
-                      idx64=idx64, vector=vector, acc=acc)
+                      idx64=idx64, vector=vector, acc=acc, residual=residual)
         self.rt.launch(fn, plan.grid, plan.block,
-                       (z, dz, z if src is None else src, coef, np.uint32(c), it(row_len),
-                        it(rows), np.uint32(plan.row_threads), acc.type(param),
-                        _reciprocal(acc, param), dx))
+                       (z, dz, src, coef, np.uint32(c), it(row_len), it(rows),
+                        np.uint32(plan.row_threads), acc.type(param), _reciprocal(acc, param),
+                        dx) + _given(dres))
+
+
+def _given(a):
+    """The residual's launch argument: ``(a,)``, or nothing for the variants without one."""
+    return () if a is None else (a,)
 
 
 def _reciprocal(acc, param):

@@ -35,7 +35,7 @@ class KernelFile:
     entries: Tuple[str, ...]
     headers: Tuple[str, ...]
     uses: Tuple[str, ...]   # subset of ("store", "param", "act", "t", "idx", "vec", "extrema",
-    #                         "saturated")
+    #                         "saturated", "residual")
 
 
 _STREAM = ("store", "idx", "vec")   # kernels that stream x-sized tensors
@@ -46,22 +46,22 @@ FILES: Dict[str, KernelFile] = {
     "channel_train": KernelFile("channel_train.cu", ("channel_train", "channel_eval"),
                                 ("channel_reduce.cuh", "channel_stats.cuh"), ("param",)),
     "normalize_activate": KernelFile("normalize_activate.cu", ("normalize_activate",),
-                                     ("activation.cuh", "channel_reduce.cuh"),
-                                     _STREAM + ("param", "act")),
+                                     ("activation.cuh", "residual.cuh", "channel_reduce.cuh"),
+                                     _STREAM + ("param", "act", "residual")),
     "grad_sums": KernelFile("grad_sums.cu", ("grad_sums",),
-                            ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh",
-                             "channel_grads.cuh", "channel_saturated.cuh"),
-                            _STREAM + ("param", "act", "t", "saturated")),
+                            ("activation.cuh", "residual.cuh", "channel_reduce.cuh",
+                             "grad_terms.cuh", "channel_grads.cuh", "channel_saturated.cuh"),
+                            _STREAM + ("param", "act", "t", "saturated", "residual")),
     "channel_backward": KernelFile("channel_backward.cu", ("channel_backward",),
                                    ("channel_reduce.cuh", "channel_grads.cuh"), ("param", "t")),
     "channel_resident": KernelFile("channel_resident.cu",
                                    ("normalize_train_resident", "grad_resident"),
-                                   ("activation.cuh", "channel_reduce.cuh", "channel_stats.cuh",
-                                    "grad_terms.cuh", "channel_grads.cuh"),
-                                   _STREAM + ("param", "act", "t")),
+                                   ("activation.cuh", "residual.cuh", "channel_reduce.cuh",
+                                    "channel_stats.cuh", "grad_terms.cuh", "channel_grads.cuh"),
+                                   _STREAM + ("param", "act", "t", "residual")),
     "grad_input": KernelFile("grad_input.cu", ("grad_input",),
-                             ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh"),
-                             _STREAM + ("act", "t")),
+                             ("activation.cuh", "residual.cuh", "channel_reduce.cuh",
+                              "grad_terms.cuh"), _STREAM + ("act", "t", "residual")),
     # Channels-last x, viewed as (M, C) with the channel fastest (channel_tile.cuh).
     "channel_moments_last": KernelFile("channel_moments_last.cu", ("channel_moments_last",),
                                        ("channel_reduce.cuh", "channel_stats.cuh",
@@ -69,16 +69,18 @@ FILES: Dict[str, KernelFile] = {
                                        _STREAM + ("param", "extrema")),
     "normalize_activate_last": KernelFile("normalize_activate_last.cu",
                                           ("normalize_activate_last",),
-                                          ("activation.cuh", "channel_reduce.cuh",
-                                           "channel_tile.cuh"), _STREAM + ("param", "act")),
+                                          ("activation.cuh", "residual.cuh",
+                                           "channel_reduce.cuh", "channel_tile.cuh"),
+                                          _STREAM + ("param", "act", "residual")),
     "grad_sums_last": KernelFile("grad_sums_last.cu", ("grad_sums_last",),
-                                 ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh",
-                                  "channel_grads.cuh", "channel_tile.cuh",
+                                 ("activation.cuh", "residual.cuh", "channel_reduce.cuh",
+                                  "grad_terms.cuh", "channel_grads.cuh", "channel_tile.cuh",
                                   "channel_saturated.cuh"),
-                                 _STREAM + ("param", "act", "t", "saturated")),
+                                 _STREAM + ("param", "act", "t", "saturated", "residual")),
     "grad_input_last": KernelFile("grad_input_last.cu", ("grad_input_last",),
-                                  ("activation.cuh", "channel_reduce.cuh", "grad_terms.cuh",
-                                   "channel_tile.cuh"), _STREAM + ("act", "t")),
+                                  ("activation.cuh", "residual.cuh", "channel_reduce.cuh",
+                                   "grad_terms.cuh", "channel_tile.cuh"),
+                                  _STREAM + ("act", "t", "residual")),
 }
 
 # Families compiled with 32-bit indices only (the backend never asks for IDX64 there).
@@ -126,7 +128,8 @@ def vec_width(store, vector: bool) -> int:
 
 @functools.lru_cache(maxsize=4096)   # one tuple per variant, not one per launch
 def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None,
-            vector=False, acc=None, extrema=False, saturated=False) -> Tuple[str, ...]:
+            vector=False, acc=None, extrema=False, saturated=False,
+            residual=False) -> Tuple[str, ...]:
     """The ``-D`` options of a variant of ``family``, from the dtypes/codes it reads.
 
     ``store`` and ``param`` are dtypes (or None where the family does not read them);
@@ -134,7 +137,7 @@ def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None
     either is float64).  ``vector`` selects 16-byte packs (``VEC`` elements) instead of single
     elements in the streaming kernels.  ``extrema`` and ``saturated`` select the finiteness
     check's variants (x's extrema in the statistics, the count of saturated ELU outputs in the
-    backward's sums).
+    backward's sums); ``residual`` the fused residual add's (kernels/residual.cuh).
     """
     uses = FILES[family].uses
     out, read = [], []
@@ -158,6 +161,8 @@ def defines(family: str, *, store=None, param=None, act=None, t=None, idx64=None
         out.append(f"-DEXTREMA={int(bool(extrema))}")
     if "saturated" in uses:   # 1: the check's variants for ELU in an in-place mode
         out.append(f"-DSATURATED={int(bool(saturated))}")
+    if "residual" in uses:   # 1: z = phi(y + r) (kernels/residual.cuh)
+        out.append(f"-DRESIDUAL={int(bool(residual))}")
     return tuple(out)
 
 
@@ -203,7 +208,8 @@ def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
 
     Activation and t kind come in the pairs a mode can ask for (``relu`` is not invertible:
     plain ABN only, whose t is computed from x).  The SATURATED variants exist for ELU where
-    t is rebuilt from z (the in-place modes).
+    t is rebuilt from z (the in-place modes).  The RESIDUAL variants exist for every
+    family that reads r or writes dr (``residual_read``).
     """
     from ._activations import ACTIVATIONS
     from ._state import MODES, t_kind
@@ -223,12 +229,13 @@ def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
                 continue
             if vector and family.endswith("_last") and not last_vector_fits(xd, idx64):
                 continue   # the scalar path
-            for extrema, saturated in _check_flags(family, act, t):
+            for (extrema, saturated), residual in itertools.product(
+                    _check_flags(family, act, t), _residual_flags(family, t)):
                 if extrema and vector and not extrema_vector_fits(family, xd, idx64):
                     continue   # the scalar path
                 key = (family, defines(family, store=xd, param=pd, act=act, t=t, idx64=idx64,
                                        vector=vector, acc=acc, extrema=extrema,
-                                       saturated=saturated))
+                                       saturated=saturated, residual=residual))
                 if key not in seen:
                     seen.add(key)
                     yield key
@@ -241,6 +248,19 @@ def saturation_counted(act: int, t: int) -> bool:
     from ._state import T_XHAT_FROM_X
     return t != T_XHAT_FROM_X and any(a.code == act and a.saturated is not None
                                       for a in ACTIVATIONS.values())
+
+
+def residual_read(family: str, t) -> bool:
+    """Whether ``family`` has a RESIDUAL variant for ``t``: every family that takes the
+    flag, but the backward's reductions only where t is rebuilt from z (plain ABN's t comes
+    from x: they never read r there)."""
+    from ._state import T_XHAT_FROM_X
+    uses = FILES[family].uses
+    return "residual" in uses and not ("saturated" in uses and t == T_XHAT_FROM_X)
+
+
+def _residual_flags(family: str, t):
+    return (False, True) if residual_read(family, t) else (False,)
 
 
 def _check_flags(family: str, act, t):

@@ -58,7 +58,7 @@ class NumpyBackend:
             hi = np.fmax.reduce(x3, axis=(0, 2)).astype(acc)[:, None]
         return count, mean, m2, shift, lo, hi
 
-    def prepare_normalize(self, x, out, acc, activation, param_dtype) -> None:
+    def prepare_normalize(self, x, out, acc, activation, param_dtype, residual=None) -> None:
         """Nothing to build ahead (the kernel backend builds its kernel here)."""
 
     def channel_train(self, count, mean, m2, shift, gamma, beta, running_mean, running_var,
@@ -80,19 +80,19 @@ class NumpyBackend:
         return stats
 
     def normalize_train(self, x, out, gamma, beta, running_mean, running_var, *, eps, decay,
-                        abs_gamma, activation, param, acc):
+                        abs_gamma, activation, param, acc, residual=None):
         """A training forward without a synchronization hook: statistics, then ``out``."""
         stats = self.channel_train(*self.moments(x, acc), gamma, beta, running_mean,
                                    running_var, eps=eps, decay=decay, abs_gamma=abs_gamma)
-        self.normalize_activate(x, out, stats, activation, param)
+        self.normalize_activate(x, out, stats, activation, param, residual)
         return stats
 
     def normalize_eval(self, x, out, gamma, beta, running_mean, running_var, *, eps, abs_gamma,
-                       activation, param, acc):
+                       activation, param, acc, residual=None):
         """An evaluation forward: statistics from the running ones, then ``out``."""
         stats = self.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
                                   abs_gamma=abs_gamma, acc=acc)
-        self.normalize_activate(x, out, stats, activation, param)
+        self.normalize_activate(x, out, stats, activation, param, residual)
         return stats
 
     def channel_eval(self, gamma, beta, running_mean, running_var, *, eps, abs_gamma, acc):
@@ -111,19 +111,22 @@ class NumpyBackend:
         stats[SCALE] = stats[G] * stats[INVSTD]
         stats[BETA] = beta
 
-    def normalize_activate(self, x, out, stats, activation, param):
-        """out = phi((x - mean) * g * invstd + beta); ``out`` may be ``x``."""
+    def normalize_activate(self, x, out, stats, activation, param, residual=None):
+        """out = phi((x - mean) * g * invstd + beta [+ residual]); ``out`` may be ``x``."""
         act = ACTIVATIONS[activation]
         x3 = _as_ncs(x)
         col = lambda row: stats[row][None, :, None]  # noqa: E731
         y = np.subtract(x3, col(MEAN), dtype=stats.dtype)
         y *= col(SCALE)
         y += col(BETA)
+        if residual is not None:   # the pre-activation v = y + r, in acc
+            y += _as_ncs(residual)
         _as_ncs(out)[...] = act.forward(y, stats.dtype.type(param))
 
     # ---- backward ------------------------------------------------------------------------
-    def backward_terms(self, z, dz, x, stats, activation, param, t):
-        """dy = dz * phi'(y) and the t of the mode, both from z (and x for plain ABN).
+    def backward_terms(self, z, dz, x, stats, activation, param, t, residual=None):
+        """dy = dz * phi'(v) and the t of the mode, both from z (and x for plain ABN); after
+        a residual add v = y + r, y = phi_inv(z) - r, and dL/dr = dy.
 
         Computed once per backward and used by both :meth:`grad_sums` and :meth:`grad_input`
         (the kernels recompute them in registers instead of keeping two arrays).
@@ -137,10 +140,14 @@ class NumpyBackend:
         if t == T_XHAT_FROM_X:
             tt = np.subtract(_as_ncs(x), col(MEAN), dtype=acc)
             tt *= col(INVSTD)
-        elif t == T_XHAT_FROM_Y:
-            tt = (act.inverse(z3, p) - col(BETA)) / col(G)
-        else:   # T_U: u = y - beta, not y (sum dy*y - beta*sum dy cancels for small gamma)
-            tt = act.inverse(z3, p) - col(BETA)
+        else:
+            y = act.inverse(z3, p)
+            if residual is not None:
+                y = y - _as_ncs(residual)
+            if t == T_XHAT_FROM_Y:
+                tt = (y - col(BETA)) / col(G)
+            else:   # T_U: u = y - beta, not y (sum dy*y - beta*sum dy cancels for small gamma)
+                tt = y - col(BETA)
         return dy, tt, stats, t, (z, act, p)   # z: no copy kept (float16 z3 is one)
 
     def grad_sums(self, terms, saturated: bool = False):
@@ -157,13 +164,14 @@ class NumpyBackend:
         z3 = _as_ncs(z).astype(acc, copy=False)
         return sums + (np.count_nonzero(act.saturated(z3, p), axis=(0, 2))[:, None],)
 
-    def backward_local(self, terms, gamma, dx, *, m, training, abs_gamma):
-        """A backward without a synchronization hook: dx into ``dx``, returns dgamma, dbeta."""
+    def backward_local(self, terms, gamma, dx, *, m, training, abs_gamma, dres=None):
+        """A backward without a synchronization hook: dx into ``dx`` (and dL/dr into
+        ``dres``), returns dgamma, dbeta."""
         stats, t = terms[2:4]
         dgamma, dbeta, coef = self.channel_backward(*self.grad_sums(terms), stats, gamma, m=m,
                                                     t=t, training=training,
                                                     abs_gamma=abs_gamma)
-        self.grad_input(terms, coef, dx)
+        self.grad_input(terms, coef, dx, dres)
         return dgamma, dbeta
 
     def channel_backward(self, sum_dy, sum_dy_t, stats, gamma, *, m, t, training, abs_gamma):
@@ -184,9 +192,12 @@ class NumpyBackend:
         dgamma = dldg * _sign(gamma, acc) if abs_gamma else dldg
         return dgamma, sdy, coef
 
-    def grad_input(self, terms, coef, dx):
-        """dx = (dy - t * A - B) * K, written into ``dx`` (which may be ``dz``)."""
+    def grad_input(self, terms, coef, dx, dres=None):
+        """dx = (dy - t * A - B) * K, written into ``dx`` (which may be ``dz``); dL/dr = dy
+        into ``dres`` after a residual add."""
         dy, tt = terms[:2]
+        if dres is not None:
+            _as_ncs(dres)[...] = dy
         col = lambda row: coef[row][None, :, None]  # noqa: E731
         # dy is this backward's own temporary; tt may be a view of z (identity, mode II).
         np.subtract(dy, tt * col(COEF_A), out=dy)

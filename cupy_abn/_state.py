@@ -55,6 +55,11 @@ class SavedState:
         The scale parameter (its sign gives the gradient of ``g = |gamma| + eps``).
     m : float
         Elements per channel that the statistics were computed over (global in sync mode).
+    has_residual : bool
+        The forward added a residual before the activation (``abn_forward(residual=)``).
+    residual : array or None
+        That residual, kept by the in-place modes (not copied: it must not change before
+        the backward).
     """
     mode: str
     activation: str
@@ -68,6 +73,11 @@ class SavedState:
     param_dtype: Any
     # The axes' layout when the forward took ``axis`` (the stages saw (N, C, S)), else None.
     layout: Optional[Any] = None
+    # The forward had a residual add: the backward returns dL/dr as well.
+    has_residual: bool = False
+    # r as the stages read it, for the in-place modes' backward (y = phi_inv(z) - r); None in
+    # standard mode, which rebuilds nothing from z.
+    residual: Optional[Any] = None
 
     @property
     def shape(self) -> tuple:

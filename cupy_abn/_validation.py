@@ -218,7 +218,7 @@ def layout_of(x: Any, axis: Any) -> Optional[G.Layout]:
 def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, decay: float,
                   eps: float, activation: str, activation_param: float, mode: str,
                   axis: Any = None, count: Optional[int] = None,
-                  check_count: bool = True, out: Any = None) -> Route:
+                  check_count: bool = True, out: Any = None, residual: Any = None) -> Route:
     """Check every argument of :func:`cupy_abn.abn_forward`, once, before anything is
     allocated or written.
 
@@ -226,7 +226,7 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
     of a synchronized layer, whose local batch may be empty); ``check_count=False`` leaves
     that check to the caller (a synchronized layer knows the global count only after its
     exchange: :func:`check_count_of`).  ``out``: where the output goes instead of x (None
-    for x itself).
+    for x itself).  ``residual``: r of a fused residual add (None for none).
 
     Returns
     -------
@@ -239,7 +239,8 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
         Naming the first argument that fails its check.
     """
     fam = check_same_family(x, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
-                                "running_var": running_var, "out": out})
+                                "running_var": running_var, "out": out,
+                                "residual": residual})
     lay = layout_of(x, axis)
     if lay is None:
         check_x(x)
@@ -279,7 +280,47 @@ def check_forward(x, gamma, beta, running_mean, running_var, *, training: bool, 
         _check_target("out", out, lay, "the output is written into it")
     elif mode != "standard":
         _check_target("x", x, lay, f"mode {mode!r} writes the output into x")
+    if residual is not None:
+        _check_residual(x, residual, out if out is not None else (
+            None if mode == "standard" else x), "out" if out is not None else "x")
     return Route(fam, lay)
+
+
+def _check_residual(x: Any, r: Any, target: Any, target_name: str) -> None:
+    """r is shaped like x and lies apart from the output (``target``: None for a new
+    array): the output is written while r is read, and the in-place backward reads r."""
+    if tuple(r.shape) != tuple(x.shape) or r.dtype != x.dtype:
+        fail("residual", f"shape {tuple(x.shape)} and dtype {np.dtype(x.dtype)} (x's)",
+             f"shape {tuple(r.shape)} and dtype {np.dtype(r.dtype)}")
+    if target is not None and may_overlap(r, target):
+        fail("residual", f"an array apart from {target_name}, where the output is written "
+             "(the in-place backward rebuilds y from the output and r: r must outlive the "
+             "forward unchanged)", f"an array that shares memory with {target_name}")
+
+
+def may_overlap(a: Any, b: Any) -> bool:
+    """Whether the memory of ``a`` and ``b`` may overlap (their address ranges meet)."""
+    if a is b:
+        return True
+    if array_family(a) == "numpy":
+        return bool(np.may_share_memory(a, b))
+    if a.size == 0 or b.size == 0:
+        return False
+    if array_family(a) == "cupy":
+        return _meet(_extent(a, a.data.ptr), _extent(b, b.data.ptr))
+    # pyopencl: offsets into one buffer
+    return a.base_data == b.base_data and _meet(_extent(a, a.offset), _extent(b, b.offset))
+
+
+def _extent(a: Any, start: int) -> Tuple[int, int]:
+    """[low, high) bytes an array starting at ``start`` spans, strides of either sign."""
+    steps = [(n - 1) * s for n, s in zip(a.shape, a.strides)]
+    return (start + sum(d for d in steps if d < 0),
+            start + sum(d for d in steps if d > 0) + a.itemsize)
+
+
+def _meet(p: Tuple[int, int], q: Tuple[int, int]) -> bool:
+    return p[0] < q[1] and q[0] < p[1]
 
 
 def _check_target(name: str, a: Any, lay: Optional[G.Layout], why: str) -> None:

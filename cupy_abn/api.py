@@ -27,9 +27,10 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
                 running_var: Optional[Array] = None, *, training: bool = True,
                 decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
                 activation_param: float = 0.01, mode: str = "inplace", axis: Any = None,
-                check_finite: Optional[bool] = None,
-                out: Optional[Array] = None) -> Tuple[Array, SavedState]:
-    """Batch normalization fused with an activation, in place in the in-place modes.
+                check_finite: Optional[bool] = None, out: Optional[Array] = None,
+                residual: Optional[Array] = None) -> Tuple[Array, SavedState]:
+    """Batch normalization fused with an activation, in place in the in-place modes; with
+    ``residual``, ``z = phi(BN(x) + residual)`` (a post-activation residual block's add).
 
     Parameters
     ----------
@@ -78,6 +79,16 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         read, and is left untouched in every mode: in a pre-activation residual block the
         residual stream survives with no copy.  The in-place modes' backward still needs the
         output only: x is not kept.
+    residual : array, optional
+        r, added after the normalization and before the activation:
+        ``z = phi((x - mean) * scale + beta + r)``, in one pass (no y written and read back).
+        Same shape, dtype and device as x; it must not overlap the output (x in the
+        in-place modes, or ``out``).  Its gradient is returned by :func:`abn_backward`.  The
+        in-place modes' backward rebuilds ``y = phi^-1(z) - r`` from it, so **r must be left
+        unchanged until the backward has run** (in a residual block it is the block's input,
+        which the network keeps anyway); it is kept in ``saved``, not copied (a strided r is
+        read through a contiguous copy, which is kept instead).  Plain ABN keeps x and does
+        not need r in the backward.
 
     Returns
     -------
@@ -85,7 +96,7 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
         The output: ``out`` when given, else ``x`` itself in the in-place modes.
     saved : SavedState
         What :func:`abn_backward` needs: ``z`` and per-channel vectors only (plus ``x`` in
-        ``"standard"`` mode).
+        ``"standard"`` mode, and ``residual`` in the in-place modes).
 
     Raises
     ------
@@ -100,7 +111,7 @@ def abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arra
     return _abn_forward(x, gamma, beta, running_mean, running_var, training=training,
                         decay=decay, eps=eps, activation=activation,
                         activation_param=activation_param, mode=mode, axis=axis,
-                        check_finite=check_finite, out=out)
+                        check_finite=check_finite, out=out, residual=residual)
 
 
 def _abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Array] = None,
@@ -108,6 +119,7 @@ def _abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arr
                  decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
                  activation_param: float = 0.01, mode: str = "inplace", axis: Any = None,
                  check_finite: Optional[bool] = None, out: Optional[Array] = None,
+                 residual: Optional[Array] = None,
                  combine_moments: Optional[Callable] = None,
                  global_count: Optional[int] = None,
                  route: Optional[V.Route] = None) -> Tuple[Array, SavedState]:
@@ -128,7 +140,7 @@ def _abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arr
         route = V.check_forward(x, gamma, beta, running_mean, running_var, training=training,
                                 decay=decay, eps=eps, activation=activation,
                                 activation_param=activation_param, mode=mode, axis=axis,
-                                count=global_count, out=out)
+                                count=global_count, out=out, residual=residual)
     fam, lay = route
     be = backend_for(x, fam)
     standard = mode == "standard"
@@ -139,9 +151,10 @@ def _abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arr
                                                          running_var))
         # Written in place only where the validation required x C-contiguous.
         x3 = _axis.to_ncs(be, lay, x, copy_strided=into is not x)
+        r3 = None if residual is None else _axis.to_ncs(be, lay, residual)
         z3, saved = _forward(be, x3, g, b, rm, rv, training, decay, eps, activation,
                              float(activation_param), mode, combine_moments, global_count,
-                             _finite.resolve(check_finite), _axis.out_ncs(lay, out))
+                             _finite.resolve(check_finite), _axis.out_ncs(lay, out), r3)
         if training:
             _axis.write_back(be, copies, (running_mean, running_var))
         z = _axis.from_ncs(be, lay, z3, into=into)
@@ -150,10 +163,11 @@ def _abn_forward(x: Array, gamma: Array, beta: Array, running_mean: Optional[Arr
 
 
 def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps, activation,
-             activation_param, mode, combine_moments, global_count, check=False, out=None):
-    """The stages of :func:`abn_forward` on checked arguments, contiguous x (N, C, ...) and
-    (C,) parameters; the output goes into ``out`` when given, else into x in the in-place
-    modes and a new array in standard mode."""
+             activation_param, mode, combine_moments, global_count, check=False, out=None,
+             residual=None):
+    """The stages of :func:`abn_forward` on checked arguments, contiguous x (N, C, ...),
+    residual (or None) and (C,) parameters; the output goes into ``out`` when given, else
+    into x in the in-place modes and a new array in standard mode."""
     abs_gamma = mode != "standard"
     acc = accum_dtype(x.dtype, gamma.dtype)
     size = x.size
@@ -165,12 +179,12 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
     if training and combine_moments is None and not check:   # 1-2 launches on a GPU
         stats = be.normalize_train(x, z, gamma, beta, running_mean, running_var, eps=eps,
                                    decay=decay, abs_gamma=abs_gamma, activation=activation,
-                                   param=activation_param, acc=acc)
+                                   param=activation_param, acc=acc, residual=residual)
     elif training:   # the partials cross processes (or are checked) before the finish
         if check:
             _finite.refuse_capture(x)
         if size:   # a kernel that fails to build must fail before anything is written
-            be.prepare_normalize(x, z, acc, activation, acc)
+            be.prepare_normalize(x, z, acc, activation, acc, residual)
         partials = (be.moments(x, acc, extrema=True) if check else be.moments(x, acc)) \
             if size else _empty_moments(be, x, acc)
         partials, extrema = partials[:4], partials[4:]
@@ -181,24 +195,31 @@ def _forward(be, x, gamma, beta, running_mean, running_var, training, decay, eps
             # them, the partials and the extrema decides every check.
             bounds = be.channel_train(*partials, gamma, beta, None, None, eps=eps,
                                       decay=decay, abs_gamma=abs_gamma) if size else None
-            _finite.check_forward(partials[1], partials[2], bounds,
-                                  extrema if np.dtype(z.dtype) == np.float16 else (),
-                                  eps=eps, activation=activation, param=activation_param)
+            half = np.dtype(z.dtype) == np.float16
+            # r is read once more, by the check only: its moments show NaN or Inf, its
+            # extrema widen the output's bound
+            res = be.moments(residual, acc, extrema=half) if residual is not None and size \
+                else None
+            _finite.check_forward(partials[1], partials[2], bounds, extrema if half else (),
+                                  eps=eps, activation=activation, param=activation_param,
+                                  residual=None if res is None else
+                                  (res[1], res[2]) + (tuple(res[4:]) if half else ()))
         stats = be.channel_train(*partials, gamma, beta, running_mean,
                                  running_var, eps=eps, decay=decay, abs_gamma=abs_gamma)
         if size:
-            be.normalize_activate(x, z, stats, activation, activation_param)
+            be.normalize_activate(x, z, stats, activation, activation_param, residual)
     elif size:   # one launch on a GPU
         stats = be.normalize_eval(x, z, gamma, beta, running_mean, running_var, eps=eps,
                                   abs_gamma=abs_gamma, activation=activation,
-                                  param=activation_param, acc=acc)
+                                  param=activation_param, acc=acc, residual=residual)
     else:
         stats = be.channel_eval(gamma, beta, running_mean, running_var, eps=eps,
                                 abs_gamma=abs_gamma, acc=acc)
     saved = SavedState(mode=mode, activation=activation, activation_param=activation_param,
                        training=training, m=float(m), z=z,
                        x=x if mode == "standard" else None, stats=stats, gamma=gamma,
-                       param_dtype=np.dtype(gamma.dtype))
+                       param_dtype=np.dtype(gamma.dtype), has_residual=residual is not None,
+                       residual=None if mode == "standard" else residual)
     return z, saved
 
 
@@ -210,7 +231,7 @@ def _empty_moments(be, x, acc):
 
 
 def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
-                 check_finite: Optional[bool] = None) -> Tuple[Array, Array, Array]:
+                 check_finite: Optional[bool] = None) -> Tuple[Array, ...]:
     """Gradients of :func:`abn_forward` rebuilt from its output.
 
     Parameters
@@ -237,6 +258,8 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
     -------
     grad_x, grad_gamma, grad_beta : arrays
         ``grad_x`` like ``x``; ``grad_gamma`` and ``grad_beta`` in the dtype of gamma.
+    grad_residual : array
+        Only when the forward had a ``residual``: ``dz * phi'(z)``, like x (a fourth value).
     """
     return _abn_backward(saved, grad_output, out=out, check_finite=check_finite)
 
@@ -244,7 +267,7 @@ def abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] 
 def _abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array] = None,
                   check_finite: Optional[bool] = None,
                   combine_sums: Optional[Callable] = None,
-                  family: Optional[str] = None) -> Tuple[Array, Array, Array]:
+                  family: Optional[str] = None) -> Tuple[Array, ...]:
     """:func:`abn_backward` with the synchronized layer's hook ``combine_sums``:
     ``(sum_dy, sum_dy_t) -> (sum_dy, sum_dy_t)``, called on the per-channel partial sums.
     ``family``: the validation's result when the caller has checked the arguments already.
@@ -259,31 +282,36 @@ def _abn_backward(saved: SavedState, grad_output: Array, *, out: Optional[Array]
     be = backend_for(z, family)
     with device_scope(z, family):   # every copy and output below lands on z's device
         dz3 = _axis.to_ncs(be, lay, grad_output)
+        dres3 = be.empty_like(z) if saved.has_residual else None
         dx3, dgamma, dbeta = _backward(be, saved, z, dz3, _axis.out_ncs(lay, out),
-                                       combine_sums, _finite.resolve(check_finite))
+                                       combine_sums, _finite.resolve(check_finite), dres3)
         dx = _axis.from_ncs(be, lay, dx3, into=out)
+        dres = None if dres3 is None else _axis.from_ncs(be, lay, dres3)
     # The backends return dgamma/dbeta in gamma's dtype already: no copy then.
     dtype = saved.param_dtype
     dgamma, dbeta = _as_dtype(dgamma, dtype), _as_dtype(dbeta, dtype)
     if lay is not None and len(lay.param_shape) != 1:
         dgamma, dbeta = dgamma.reshape(lay.param_shape), dbeta.reshape(lay.param_shape)
-    return dx, dgamma, dbeta
+    return (dx, dgamma, dbeta) if dres is None else (dx, dgamma, dbeta, dres)
 
 
-def _backward(be, saved, z, grad_output, out, combine_sums, check=False):
-    """The stages of :func:`abn_backward` on checked arguments and contiguous grad_output."""
+def _backward(be, saved, z, grad_output, out, combine_sums, check=False, dres=None):
+    """The stages of :func:`abn_backward` on checked arguments and contiguous grad_output;
+    dL/dr goes into ``dres`` after a residual add."""
     t = t_kind(saved.mode, saved.training)
     size = z.size
     abs_gamma = saved.mode != "standard"
     if size:
         terms = be.backward_terms(z, grad_output, saved.x, saved.stats, saved.activation,
-                                  saved.activation_param, t)
+                                  saved.activation_param, t,
+                                  saved.residual if saved.has_residual else None)
     if check:
         _finite.refuse_capture(z)
     dx = be.empty_like(z) if out is None else out
     if size and combine_sums is None and not check:   # 1-2 launches on a GPU
         dgamma, dbeta = be.backward_local(terms, saved.gamma, dx, m=saved.m,
-                                          training=saved.training, abs_gamma=abs_gamma)
+                                          training=saved.training, abs_gamma=abs_gamma,
+                                          dres=dres)
     else:   # the partial sums cross processes between the reduction and its finish
         # The check also counts ELU outputs whose y is lost, in the same read of z.
         saturated = bool(size) and check and _finite.saturation_checked(
@@ -305,7 +333,7 @@ def _backward(be, saved, z, grad_output, out, combine_sums, check=False):
                                                   t=t, training=saved.training,
                                                   abs_gamma=abs_gamma)
         if size:
-            be.grad_input(terms, coef, dx)
+            be.grad_input(terms, coef, dx, dres)
     return dx, dgamma, dbeta
 
 

@@ -7,9 +7,12 @@
  *     registers: reads x once (the two-pass path reads it twice).
  *   grad_resident: the backward sums (grad_terms.cuh), dgamma, dbeta and the coefficients
  *     (channel_grads.cuh), then dx from the registers: reads z and dz once.
- * out may be x and dx may be dz: each pack is read, then written, by the same thread.
+ * out may be x and dx may be dz: each pack is read, then written, by the same thread.  With
+ * RESIDUAL (residual.cuh) z = phi(... + r), r read at the store, and grad_resident writes
+ * dres = dy beside dx (r comes in the x argument where t needs it).
  * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), activation.cuh,
- * channel_reduce.cuh, channel_stats.cuh, grad_terms.cuh, channel_grads.cuh, T_KIND. */
+ * residual.cuh, channel_reduce.cuh, channel_stats.cuh, grad_terms.cuh, channel_grads.cuh,
+ * T_KIND. */
 /* Elements a thread holds (half as many doubles: 64 registers per thread at 1024 threads).
  * cupy_abn/_kernel_backend.py: resident_block().  32-bit indices only (m <= 8192 per channel
  * and fewer than 2^31 elements in all: larger tensors take the two-pass path). */
@@ -35,7 +38,7 @@ void normalize_train_resident(GLOBAL const store_t *x, GLOBAL store_t *out,
                               GLOBAL param_t *running_mean, GLOBAL param_t *running_var,
                               int update_running, acc_t eps, acc_t decay,
                               acc_t one_minus_decay, int abs_gamma, acc_t param,
-                              GLOBAL acc_t *stats)
+                              GLOBAL acc_t *stats RESIDUAL_ARG)
 {
     SHARED acc_t s_n[RES_MAX_BLOCK];
     SHARED acc_t s_mean[RES_MAX_BLOCK];
@@ -82,8 +85,13 @@ void normalize_train_resident(GLOBAL const store_t *x, GLOBAL store_t *out,
     BARRIER();
     const acc_t mean = s_n[0], scale = s_mean[0], shift_y = s_m2[0];
     RESIDENT_PACKS(k, w) {
+#if RESIDUAL
+        acc_t vr[VEC];
+        load_pack(res + first, w.row * plane + w.col, vr);
+#endif
         UNROLLED for (int e = 0; e < VEC; ++e)
-            v[k][e] = act_forward((v[k][e] - mean) * scale + shift_y, param);
+            v[k][e] = act_forward(WITH_RESIDUAL((v[k][e] - mean) * scale + shift_y, vr[e]),
+                                  param);
         store_pack(outc, w.row * plane + w.col, v[k]);
     }
 }
@@ -93,7 +101,7 @@ void grad_resident(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL con
                    GLOBAL const acc_t *stats, unsigned int channels, idx_t row_len, idx_t m,
                    acc_t param, acc_t rparam, GLOBAL const param_t *gamma, acc_t m_count,
                    int training, int abs_gamma, GLOBAL param_t *dgamma, GLOBAL param_t *dbeta,
-                   GLOBAL acc_t *coef, GLOBAL store_t *dx)
+                   GLOBAL acc_t *coef, GLOBAL store_t *dx RESIDUAL_GRAD_ARG)
 {
     SHARED acc_t s_a[RES_MAX_BLOCK];
     SHARED acc_t s_b[RES_MAX_BLOCK];
@@ -137,7 +145,11 @@ void grad_resident(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL con
             grad_terms(vz[k][e], vdz[k][e], vx[k][e], param, rparam, t_shift, t_scale, &dy,
                        &t);
             vz[k][e] = (dy - t * ca - cb) * ck;
+            vdz[k][e] = dy;   /* dL/dr with a residual add */
         }
         store_pack(dxc, w.row * plane + w.col, vz[k]);
+#if RESIDUAL
+        store_pack(dres + first, w.row * plane + w.col, vdz[k]);
+#endif
     }
 }

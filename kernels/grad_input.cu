@@ -1,14 +1,16 @@
 /* Elementwise backward: dx = (dy - t * A - B) * K with the per-channel coefficients of
  * channel_grads.cuh, dy and t rebuilt from z (grad_terms.cuh).  Rows, row_threads and UNROLL
  * as in normalize_activate.cu: the channel's five coefficients are fetched once per row.  dx
- * may be dz: each pack is read, then written, by the same thread.
- * Needs: storage.h (STORE_BITS, ACC_BITS, IDX64, VEC), activation.cuh, channel_reduce.cuh
- * (row_walk_t), grad_terms.cuh, T_KIND. */
+ * may be dz: each pack is read, then written, by the same thread.  With RESIDUAL, also
+ * dres = dy (residual.cuh; r comes in the x argument where t needs it).
+ * Needs: storage.h (STORE_BITS, ACC_BITS, IDX64, VEC), activation.cuh, residual.cuh,
+ * channel_reduce.cuh (row_walk_t), grad_terms.cuh, T_KIND. */
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
 void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const store_t *x,
                 GLOBAL const acc_t *coef, unsigned int channels, idx_t row_len, idx_t rows,
-                unsigned int row_threads, acc_t param, acc_t rparam, GLOBAL store_t *dx)
+                unsigned int row_threads, acc_t param, acc_t rparam,
+                GLOBAL store_t *dx RESIDUAL_GRAD_ARG)
 {
     for (row_walk_t w = row_walk_start(channels, row_threads); w.r < rows;
          row_walk_next(&w, channels)) {
@@ -31,8 +33,12 @@ void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const 
                         grad_terms(vz[u][k], vdz[u][k], vx[u][k], param, rparam, t_shift,
                                    t_scale, &dy, &t);
                         vz[u][k] = (dy - t * ca - cb) * ck;
+                        vdz[u][k] = dy;   /* dL/dr with a residual add */
                     }
                     store_pack(dx, base + j + u * row_threads, vz[u]);
+#if RESIDUAL
+                    store_pack(dres, base + j + u * row_threads, vdz[u]);
+#endif
                 }
         }
     }

@@ -1,9 +1,9 @@
 /* Elementwise backward of channels-last tensors, viewed as (M, C) rows of P packs
  * (channel_tile.cuh): dx = (dy - t * A - B) * K with the coefficients of channel_grads.cuh,
  * as grad_input.cu.  A thread keeps its pack column's coefficients in registers (5 * VEC), so
- * fewer rows are in flight.  dx may be dz.
- * Needs: storage.h, activation.cuh, channel_reduce.cuh, grad_terms.cuh, channel_tile.cuh,
- * T_KIND. */
+ * fewer rows are in flight.  dx may be dz.  With RESIDUAL, also dres = dy (residual.cuh).
+ * Needs: storage.h, activation.cuh, residual.cuh, channel_reduce.cuh, grad_terms.cuh,
+ * channel_tile.cuh, T_KIND. */
 /* Rows in flight per thread: cupy_abn/_kernel_backend.py: unroll(). */
 #undef UNROLL
 #define UNROLL (VEC == 1 ? 4 : (VEC * GRAD_STREAMS * (1 + IDX64) > 8 ? 1 : 2))
@@ -12,7 +12,7 @@ KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
 void grad_input_last(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const store_t *x,
                      GLOBAL const acc_t *coef, unsigned int channels, unsigned int packs,
                      idx_t m, unsigned int tile_x, unsigned int parts, acc_t param,
-                     acc_t rparam, GLOBAL store_t *dx)
+                     acc_t rparam, GLOBAL store_t *dx RESIDUAL_GRAD_ARG)
 {
     idx_t r, dr;
     const tile_walk_t w = tile_start(packs, tile_x, parts, &r, &dr);
@@ -38,8 +38,12 @@ void grad_input_last(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL c
                     grad_terms(vz[u][k], vdz[u][k], vx[u][k], param, rparam, t_shift[k],
                                t_scale[k], &dy, &t);
                     vz[u][k] = (dy - t * ca[k] - cb[k]) * ck[k];
+                    vdz[u][k] = dy;   /* dL/dr with a residual add */
                 }
                 store_pack(dx, i + u * w.di, vz[u]);
+#if RESIDUAL
+                store_pack(dres, i + u * w.di, vdz[u]);
+#endif
             }
     }
 }

@@ -5,10 +5,12 @@
  * The constants come from stats (training), or, with from_running != 0 (evaluation: one
  * launch), from the parameters and running statistics, each row computing its channel's
  * (rsqrt: no division) and the rows of the first sample writing stats for the backward.
+ * With RESIDUAL, out = phi(... + r), r read beside x (residual.cuh).
  * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), activation.cuh,
- * channel_reduce.cuh (row_walk_t). */
-/* Packs in flight per thread: cupy_abn/_kernel_backend.py: unroll(). */
-#define UNROLL (VEC == 1 ? 8 : 4)
+ * residual.cuh, channel_reduce.cuh (row_walk_t). */
+/* Packs in flight per thread, per tensor read: 8-wide packs of x and r would spill at 4.
+ * cupy_abn/_kernel_backend.py: unroll(). */
+#define UNROLL (VEC == 1 ? 8 : (RESIDUAL && VEC == 8 ? 2 : 4))
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
 void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out, GLOBAL acc_t *stats,
@@ -16,7 +18,7 @@ void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out, GLOBAL acc
                         unsigned int row_threads, acc_t param, int from_running,
                         GLOBAL const param_t *gamma, GLOBAL const param_t *beta,
                         GLOBAL const param_t *running_mean, GLOBAL const param_t *running_var,
-                        acc_t eps, int abs_gamma)
+                        acc_t eps, int abs_gamma RESIDUAL_ARG)
 {
     for (row_walk_t w = row_walk_start(channels, row_threads); w.r < rows;
          row_walk_next(&w, channels)) {
@@ -49,10 +51,17 @@ void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out, GLOBAL acc
             acc_t v[UNROLL][VEC];
             UNROLLED for (int u = 0; u < UNROLL; ++u)
                 if (j + u * row_threads < row_len) load_pack(x, base + j + u * row_threads, v[u]);
+#if RESIDUAL
+            acc_t vr[UNROLL][VEC];
+            UNROLLED for (int u = 0; u < UNROLL; ++u)
+                if (j + u * row_threads < row_len)
+                    load_pack(res, base + j + u * row_threads, vr[u]);
+#endif
             UNROLLED for (int u = 0; u < UNROLL; ++u)
                 if (j + u * row_threads < row_len) {
                     UNROLLED for (int k = 0; k < VEC; ++k)
-                        v[u][k] = act_forward((v[u][k] - mean) * scale + shift_y, param);
+                        v[u][k] = act_forward(
+                            WITH_RESIDUAL((v[u][k] - mean) * scale + shift_y, vr[u][k]), param);
                     store_pack(out, base + j + u * row_threads, v[u]);
                 }
         }

@@ -3,9 +3,11 @@
  * column's VEC channels' constants in registers; UNROLL rows are in flight.  out may be x.
  * With from_running != 0 (evaluation) the constants come from the parameters and running
  * statistics, and row 0 of the first block of each tile writes stats for the backward.
- * Needs: storage.h, activation.cuh, channel_reduce.cuh, channel_tile.cuh. */
-/* Rows in flight per thread: cupy_abn/_kernel_backend.py: unroll(). */
-#define UNROLL (VEC == 1 ? 8 : (VEC == 8 ? 2 : 4))
+ * With RESIDUAL, out = phi(... + r), r read beside x (residual.cuh).
+ * Needs: storage.h, activation.cuh, residual.cuh, channel_reduce.cuh, channel_tile.cuh. */
+/* Rows in flight per thread, per tensor read; half as many beside r's packs.
+ * cupy_abn/_kernel_backend.py: unroll(). */
+#define UNROLL (VEC == 1 ? 8 : (VEC == 8 ? 2 : 4) / (1 + RESIDUAL))
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
 void normalize_activate_last(GLOBAL const store_t *x, GLOBAL store_t *out,
@@ -13,7 +15,8 @@ void normalize_activate_last(GLOBAL const store_t *x, GLOBAL store_t *out,
                              idx_t m, unsigned int tile_x, unsigned int parts, acc_t param,
                              int from_running, GLOBAL const param_t *gamma,
                              GLOBAL const param_t *beta, GLOBAL const param_t *running_mean,
-                             GLOBAL const param_t *running_var, acc_t eps, int abs_gamma)
+                             GLOBAL const param_t *running_var, acc_t eps,
+                             int abs_gamma RESIDUAL_ARG)
 {
     idx_t r, dr;
     const tile_walk_t w = tile_start(packs, tile_x, parts, &r, &dr);
@@ -47,17 +50,27 @@ void normalize_activate_last(GLOBAL const store_t *x, GLOBAL store_t *out,
     for (; r + (UNROLL - 1) * dr < m; r += UNROLL * dr, i += UNROLL * w.di) {
         acc_t v[UNROLL][VEC];
         UNROLLED for (int u = 0; u < UNROLL; ++u) load_pack(x, i + u * w.di, v[u]);
+#if RESIDUAL
+        acc_t vr[UNROLL][VEC];
+        UNROLLED for (int u = 0; u < UNROLL; ++u) load_pack(res, i + u * w.di, vr[u]);
+#endif
         UNROLLED for (int u = 0; u < UNROLL; ++u) {
             UNROLLED for (int k = 0; k < VEC; ++k)
-                v[u][k] = act_forward((v[u][k] - mean[k]) * scale[k] + shift_y[k], param);
+                v[u][k] = act_forward(
+                    WITH_RESIDUAL((v[u][k] - mean[k]) * scale[k] + shift_y[k], vr[u][k]), param);
             store_pack(out, i + u * w.di, v[u]);
         }
     }
     for (; r < m; r += dr, i += w.di) {
         acc_t v[VEC];
         load_pack(x, i, v);
+#if RESIDUAL
+        acc_t vr[VEC];
+        load_pack(res, i, vr);
+#endif
         UNROLLED for (int k = 0; k < VEC; ++k)
-            v[k] = act_forward((v[k] - mean[k]) * scale[k] + shift_y[k], param);
+            v[k] = act_forward(
+                WITH_RESIDUAL((v[k] - mean[k]) * scale[k] + shift_y[k], vr[k]), param);
         store_pack(out, i, v);
     }
 }

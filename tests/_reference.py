@@ -60,8 +60,10 @@ def _g(gamma, eps, mode):
 
 
 def ref_forward(x, gamma, beta, running_mean=None, running_var=None, *, training=True,
-                decay=0.9, eps=2e-5, activation="leaky_relu", param=0.01, mode="inplace"):
-    """Forward in float64: dict with z, y, xhat, mean, var and the updated running stats."""
+                decay=0.9, eps=2e-5, activation="leaky_relu", param=0.01, mode="inplace",
+                residual=None):
+    """Forward in float64: dict with z, y (the pre-activation: BN(x) + residual when one is
+    given), xhat, mean, var and the updated running stats."""
     x = np.asarray(x, np.float64)
     ax = _axes(x)
     m = x.size // x.shape[1]
@@ -72,6 +74,8 @@ def ref_forward(x, gamma, beta, running_mean=None, running_var=None, *, training
         var = np.asarray(running_var, np.float64)
     xhat = (x - _col(mean, x.ndim)) / np.sqrt(_col(var, x.ndim) + eps)
     y = _col(_g(gamma, eps, mode), x.ndim) * xhat + _col(beta, x.ndim)
+    if residual is not None:
+        y = y + np.asarray(residual, np.float64)
     out = {"z": _phi(y, activation, param), "y": y, "xhat": xhat, "mean": mean, "var": var}
     if running_mean is not None:
         rm = np.asarray(running_mean, np.float64)
@@ -84,10 +88,12 @@ def ref_forward(x, gamma, beta, running_mean=None, running_var=None, *, training
 
 
 def ref_backward(x, gamma, beta, dz, *, training=True, eps=2e-5, activation="leaky_relu",
-                 param=0.01, mode="inplace", running_mean=None, running_var=None):
-    """Textbook BatchNorm gradient in float64: (dx, dgamma, dbeta)."""
+                 param=0.01, mode="inplace", running_mean=None, running_var=None,
+                 residual=None):
+    """Textbook BatchNorm gradient in float64: (dx, dgamma, dbeta), and d(residual) (the
+    gradient at the pre-activation) as a fourth value when a residual is given."""
     f = ref_forward(x, gamma, beta, running_mean, running_var, training=training, eps=eps,
-                    activation=activation, param=param, mode=mode)
+                    activation=activation, param=param, mode=mode, residual=residual)
     xhat, y = f["xhat"], f["y"]
     ax = _axes(xhat)
     dy = np.asarray(dz, np.float64) * _dphi(y, activation, param)
@@ -102,6 +108,8 @@ def ref_backward(x, gamma, beta, dz, *, training=True, eps=2e-5, activation="lea
     dg = (dy * xhat).sum(axis=ax)
     if mode != "standard":
         dg = dg * np.where(np.asarray(gamma) < 0, -1.0, 1.0)
+    if residual is not None:
+        return dx, dg, dy.sum(axis=ax), dy
     return dx, dg, dy.sum(axis=ax)
 
 

@@ -28,7 +28,13 @@ DTYPES = ("float32", "float16")
 MODES = ("inplace", "inplace_v1", "standard")
 PRIMARY = (13, 90)          # NVRTC major, sm: what CuPy 14 for CUDA 13 builds on an H100
 # Minimal traffic of a pass, in tensors of S = N*C*H*W elements moved through DRAM.
-MINIMAL_TENSORS = {"forward_train": 3, "forward_eval": 2, "backward": 5}
+MINIMAL_TENSORS = {"forward_train": 3, "forward_eval": 2, "backward": 5,
+                   # z = phi(BN(x) + r): x read twice, r read, z written (unfused: 6, y
+                   # written by BN and read back by the add); backward: z, dz and r read
+                   # twice, dx and dr written (unfused: 8 as well, but y kept beside z)
+                   "forward_train_residual": 4, "backward_residual": 8}
+# The fused residual add's rows: the default mode only.
+RESIDUAL_MODES = ("inplace",)
 
 
 # The report and its tests compile each variant once per machine: NVRTC's output is kept on
@@ -206,8 +212,10 @@ def launch_record(launch: L.Launch, variant: dict, numel: int, itemsize: int,
 def _pass_list(modes):
     shapes = ([(BATCH, c, h, w) for (c, h, w) in SHAPES]
               + [(BATCH * h * w, c) for (c, h, w) in LAST_SHAPES])
+    fused = [(shape, d, m, p) for shape in shapes for d in DTYPES for m in modes
+             if m in RESIDUAL_MODES for p in L.RESIDUAL_PASSES] if L.has_residual() else []
     return [(shape, d, m, p) for shape in shapes for d in DTYPES for m in modes
-            for p in L.PASSES]
+            for p in L.PASSES] + fused
 
 
 def record_launches(variants: List[dict], major: int, sms: int = model.SMS, modes=MODES,

@@ -163,16 +163,26 @@ def _api_on(backend):
 
 
 PASSES = ("forward_train", "forward_eval", "backward")
+# The fused residual add's passes (abn_forward(residual=r)), where the tree has it.
+RESIDUAL_PASSES = ("forward_train_residual", "backward_residual")
+
+
+def has_residual() -> bool:
+    """Whether the library this process imports fuses the residual add."""
+    import inspect
+    from cupy_abn import api
+    return "residual" in inspect.signature(api.abn_forward).parameters
 
 
 def record_pass(rt: RecordingRuntime, shape: Tuple[int, ...], dtype, mode: str, kind: str,
                 activation: str = "leaky_relu", param: float = 0.01) -> List[Launch]:
-    """The launches of one pass (``kind`` in PASSES) of the real library on ``rt``.
+    """The launches of one pass (``kind`` in PASSES or RESIDUAL_PASSES) of the real library
+    on ``rt``.
 
     The public ``abn_forward``/``abn_backward`` run with validation and dispatch pointed at a
     ``KernelBackend`` over ``rt``.  The backward is that of a training forward, recorded after
     it (only the backward's launches are returned); in the in-place modes dx goes into dz's
-    buffer, as in ``tests/_kernel_matrix.py``.
+    buffer, as in ``tests/_kernel_matrix.py``.  The residual kinds add r, an input like x.
     """
     from cupy_abn._kernel_backend import KernelBackend
     be = KernelBackend(rt)
@@ -180,12 +190,13 @@ def record_pass(rt: RecordingRuntime, shape: Tuple[int, ...], dtype, mode: str, 
     pdt = np.float32 if np.dtype(dtype) == np.float16 else dtype
     x = StubArray(shape, dtype, "input")
     gamma, beta, rm, rv = (StubArray((c,), pdt, "input") for _ in range(4))
+    extra = {"residual": StubArray(shape, dtype, "input")} if kind in RESIDUAL_PASSES else {}
     with _api_on(be) as api:
         rt.launches.clear()
         z, saved = api.abn_forward(x, gamma, beta, rm, rv, training=(kind != "forward_eval"),
                                    decay=0.9, eps=2e-5, activation=activation,
-                                   activation_param=param, mode=mode)
-        if kind != "backward":
+                                   activation_param=param, mode=mode, **extra)
+        if not kind.startswith("backward"):
             return list(rt.launches)
         rt.launches.clear()
         dz = StubArray(shape, dtype, "input")
