@@ -219,21 +219,24 @@ def _exchange_header(exchange: Exchange, x, rejected: Optional[BaseException],
 def sync_abn_forward(x, gamma, beta, running_mean, running_var, comm: Any, *,
                      training: bool = True, decay: float = 0.9, eps: float = 2e-5,
                      activation: str = "leaky_relu", activation_param: float = 0.01,
-                     mode: str = "inplace", out: Any = None) -> Tuple[Any, SavedState]:
+                     mode: str = "inplace", out: Any = None,
+                     residual: Any = None) -> Tuple[Any, SavedState]:
     """:func:`cupy_abn.abn_forward` with the statistics of the batch of all ranks of ``comm``.
 
     Every rank of ``comm`` must call it (collectively) for the same layer, with its own slice
     ``x`` of the global batch: ``x.shape[0]`` may differ between ranks and may be 0.  The
     parameters and running statistics are expected to be the same on every rank; the running
     statistics are updated identically everywhere.  ``comm`` is a ChainerMN communicator (or an
-    mpi4py communicator).  With ``training=False`` nothing is exchanged.  ``out``: as
-    :func:`cupy_abn.abn_forward`'s (this rank's output there, x left untouched).
+    mpi4py communicator).  With ``training=False`` nothing is exchanged.  ``out`` and
+    ``residual``: as :func:`cupy_abn.abn_forward`'s (this rank's output there, x left
+    untouched; this rank's r, added before the activation: nothing of it is exchanged).
 
     Returns ``(z, saved)`` as :func:`cupy_abn.abn_forward`; ``saved.m`` is the global count.
     """
     out = None if out is x else out
     kw: Dict[str, Any] = dict(training=training, decay=decay, eps=eps, activation=activation,
-                              activation_param=activation_param, mode=mode, out=out)
+                              activation_param=activation_param, mode=mode, out=out,
+                              residual=residual)
     if not training:
         return abn_forward(x, gamma, beta, running_mean, running_var, **kw)
     exchange = Exchange(comm)
@@ -254,12 +257,13 @@ def sync_abn_forward(x, gamma, beta, running_mean, running_var, comm: Any, *,
 
 
 def sync_abn_backward(saved: SavedState, grad_output, comm: Any, *, out=None
-                      ) -> Tuple[Any, Any, Any]:
+                      ) -> Tuple[Any, ...]:
     """:func:`cupy_abn.abn_backward` of a :func:`sync_abn_forward`, collectively over ``comm``.
 
     ``grad_x`` is this rank's slice of the gradient of the global batch; ``grad_gamma`` and
     ``grad_beta`` are the global sums, identical on every rank (divide by ``comm.size`` before
-    an optimizer that averages gradients over ranks, as ChainerMN's does).  A rank whose
+    an optimizer that averages gradients over ranks, as ChainerMN's does).  After a forward
+    with a residual, this rank's ``grad_residual`` comes fourth.  A rank whose
     ``grad_output`` is rejected still joins the sum with NaN, so that the others do not hang
     (their gradients come out NaN), and raises its error.
     """

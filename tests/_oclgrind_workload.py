@@ -4,6 +4,7 @@ reads its OCLGRIND_* settings when the platform loads):
     python -m tests._oclgrind_workload CASE_ID   # one case of tests/_kernel_matrix.py
     python -m tests._oclgrind_workload planted   # a kernel that writes out of bounds
     python -m tests._oclgrind_workload saturated # the check's count of saturated ELU outputs
+    python -m tests._oclgrind_workload residual  # the fused residual add's variants
 
 Exit status 0 when the case ran and matched its references; Oclgrind's reports go to the file
 named by OCLGRIND_LOG, which the test reads."""
@@ -53,8 +54,29 @@ def saturated(queue) -> None:
         assert (got == want).all() and want.sum() > 0, (got, want)
 
 
+def residual(queue) -> None:
+    """The RESIDUAL variants against float64 (tests/test_residual.py): the resident kernels,
+    the two-pass ones with several blocks per channel (packs and single elements, the
+    in-place and the plain t), and the channels-last ones."""
+    from cupy_abn import _kernel_backend
+    from tests.test_residual import _check
+    dev = (lambda a: cla.to_device(queue, np.ascontiguousarray(a)), lambda a: a.get())
+    _check((2, 3, 4, 8), np.float32, "inplace", "elu", True, *dev)
+    _check((2, 3, 4, 4), np.float16, "inplace_v1", "leaky_relu", True, *dev)
+    _kernel_backend.RESIDENT = False
+    _check((4, 2, 32, 32), np.float32, "inplace", "leaky_relu", True, *dev)
+    _check((3, 2, 7, 7), np.float64, "standard", "relu", True, *dev)
+    _check((2, 40, 3, 4), np.float64, "inplace_v1", "elu", True, *dev, last=True)
+    _check((2, 37, 3, 4), np.float32, "inplace", "identity", False, *dev, last=True)
+
+
 def main(what: str) -> int:
     queue = oclgrind_queue()
+    if what == "residual":
+        residual(queue)
+        queue.finish()
+        print("ok residual")
+        return 0
     if what == "saturated":
         saturated(queue)
         queue.finish()

@@ -19,6 +19,7 @@ failure can never leave the other ranks waiting.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import traceback
 import zlib
@@ -97,8 +98,9 @@ def one_process(x, gamma, beta, rm, rv, dz, **kw):
     rm, rv = rm.copy(), rv.copy()
     z, saved = cupy_abn.abn_forward(x.copy(), gamma, beta, rm, rv, **kw)
     z = z.copy()
-    dx, dg, db = cupy_abn.abn_backward(saved, dz.copy())
-    return dict(z=z, dx=dx, dg=dg, db=db, rm=rm, rv=rv, m=x.size // x.shape[1])
+    dx, dg, db, *dr = cupy_abn.abn_backward(saved, dz.copy())
+    return dict(z=z, dx=dx, dg=dg, db=db, rm=rm, rv=rv, m=x.size // x.shape[1],
+                dr=dr[0] if dr else None)
 
 
 def compare(f, got, want, sl, dtype, name):
@@ -138,6 +140,32 @@ def part_array(f, comm, to_device=None, label="array", big=False):
         dx, dg, db = sync_abn_backward(saved, dzl, comm)
         got = dict(z=z, dx=host(dx), dg=host(dg), db=host(db), rm=host(rml), rv=host(rvl))
         compare(f, got, want, sl, dtype, f"{label} {name}")
+
+
+def part_residual(f, comm):
+    """The fused residual add (each rank its own r slice, nothing of it exchanged): NumPy,
+    and the kernel backend on PoCL where present, against one process."""
+    backends = [("array", lambda a: a.copy(), lambda a: a)]
+    import pyopencl as cl
+    import pyopencl.array as cla
+    devs = [d for p in cl.get_platforms() if "Portable" in p.name for d in p.get_devices()]
+    if devs:
+        queue = cl.CommandQueue(cl.Context(devs[:1]))
+        backends.append(("opencl", lambda a: cla.to_device(queue, np.ascontiguousarray(a)),
+                         lambda a: a.get()))
+    for (label, dev, host), (split, dtype, kw, name) in itertools.product(backends, cases()):
+        x, gamma, beta, rm, rv, dz = global_case(split, dtype, kw["mode"])
+        r = np.random.default_rng(len(split)).normal(0, 1, x.shape).astype(dtype)
+        want = one_process(x, gamma, beta, rm, rv, dz, residual=r, **kw)
+        sl = my_slice(split)
+        rml, rvl = dev(rm), dev(rv)
+        z, saved = sync_abn_forward(dev(x[sl]), dev(gamma), dev(beta), rml, rvl, comm,
+                                    residual=dev(r[sl]), **kw)
+        z = host(z).copy()
+        dx, dg, db, dr = sync_abn_backward(saved, dev(dz[sl]), comm)
+        got = dict(z=z, dx=host(dx), dg=host(dg), db=host(db), rm=host(rml), rv=host(rvl))
+        compare(f, got, want, sl, dtype, f"{label} residual {name}")
+        f.close(host(dr), want["dr"][sl], dtype, f"{label} residual {name}: dresidual")
 
 
 def part_opencl(f, comm):
@@ -394,7 +422,7 @@ def part_empty(f, comm):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=["array", "opencl", "chainer", "errors", "mismatch",
-                                           "empty"], required=True)
+                                           "empty", "residual"], required=True)
     parser.add_argument("--comm", choices=["mpi4py", "chainermn"], default="chainermn")
     args = parser.parse_args()
     if args.comm == "chainermn":
@@ -405,7 +433,8 @@ def main():
         comm = WORLD
     f = Failures()
     {"array": part_array, "opencl": part_opencl, "chainer": part_chainer,
-     "errors": part_errors, "mismatch": part_mismatch, "empty": part_empty}[args.part](f, comm)
+     "errors": part_errors, "mismatch": part_mismatch, "empty": part_empty,
+     "residual": part_residual}[args.part](f, comm)
     all_items = WORLD.allgather(f.items)
     if RANK == 0:
         flat = [i for items in all_items for i in items]

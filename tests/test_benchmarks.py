@@ -61,12 +61,16 @@ def test_memory_benchmark_reports_kept_and_peak(tmp_path):
                           "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "memory_cpu.json").read_text())
     assert saved["norm_layers"] == 15
-    for kind, rows in saved["runs"].items():
-        assert [r["batch"] for r in rows] == [2, 4]
-        for r in rows:
-            assert r["peak_bytes"] >= r["kept_bytes"] > 0
-        assert rows[1]["kept_bytes"] > rows[0]["kept_bytes"]
+    assert set(saved["blocks"]) == {"add", "post"}
+    for block in saved["blocks"].values():
+        for kind, rows in block["runs"].items():
+            assert [r["batch"] for r in rows] == [2, 4]
+            for r in rows:
+                assert r["peak_bytes"] >= r["kept_bytes"] > 0
+            assert rows[1]["kept_bytes"] > rows[0]["kept_bytes"]
     assert result["kept_ratio"] < 0.75
+    # the fused residual add keeps no y beside z: less kept than the baseline's add + act
+    assert result["blocks"]["post"]["kept_ratio"] < 0.75
 
 
 def test_gpu_clock_times_each_call_between_cuda_events():

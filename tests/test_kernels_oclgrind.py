@@ -57,6 +57,14 @@ def test_saturation_count_has_no_race_or_out_of_bounds_access(tmp_path):
     assert "ok saturated" in proc.stdout
 
 
+def test_fused_residual_has_no_race_or_out_of_bounds_access(tmp_path):
+    """The RESIDUAL variants: r read beside x, dL/dr written beside dx, r in the reductions."""
+    proc, report = _run("residual", tmp_path)
+    assert report.strip() == "", f"Oclgrind reported:\n{report[:4000]}"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok residual" in proc.stdout
+
+
 @pytest.mark.parametrize("case", OCLGRIND_CASES, ids=[c.id for c in OCLGRIND_CASES])
 def test_kernels_have_no_race_or_out_of_bounds_access(case, tmp_path):
     proc, report = _run(case.id, tmp_path)

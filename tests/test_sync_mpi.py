@@ -73,6 +73,12 @@ def test_array_api_with_bare_mpi4py_communicator():
     _run(3, "array", comm="mpi4py")
 
 
+def test_fused_residual_matches_one_process():
+    """sync_abn_forward(residual=): NumPy and the kernels on PoCL, 2 ranks."""
+    pytest.importorskip("pyopencl")
+    _run(2, "residual", comm="mpi4py")
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_rejections_raise_everywhere_and_eval_does_not_communicate(ranks):
     _run(ranks, "errors")

@@ -40,7 +40,7 @@ class InPlaceFallbackWarning(UserWarning):
 def _after(layer: str) -> str:
     return (f"x was overwritten in place by {layer} and holds its output now: feed the layer a "
             "value that no other node uses (e.g. conv -> InPlaceABN), or keep x with "
-            "mode='standard' / an explicit F.copy(x) before the layer")
+            "out= (a buffer for the output: x survives, no copy) / mode='standard'")
 
 
 class OverwrittenArray:

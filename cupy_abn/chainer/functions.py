@@ -33,11 +33,14 @@ _DOUBLE = ("{label} supports first-order gradients only (its backward is rebuilt
 
 
 class ABNFunction(chainer.FunctionNode):
-    """``(x, gamma, beta[, mean, var]) -> z``: batch normalization fused with an activation.
+    """``(x, gamma, beta[, mean, var][, r]) -> z``: batch normalization fused with an
+    activation, and with a residual add ``z = phi(BN(x) + r)`` when ``residual``.
 
     The inputs are ``(x, gamma, beta)``, plus ``(mean, var)`` in standard-mode evaluation
     (see :attr:`takes_stats`), where the statistics are differentiable inputs as in
-    ``F.fixed_batch_normalization``.
+    ``F.fixed_batch_normalization``, plus r last with ``residual``.  In the in-place modes
+    the node retains r (the backward rebuilds y from z and r), so that no later in-place
+    layer overwrites it.
 
     Parameters
     ----------
@@ -61,12 +64,18 @@ class ABNFunction(chainer.FunctionNode):
         (:mod:`cupy_abn.sync`), with ``MultiNodeBatchNormalization``'s gradient convention:
         ``gamma.grad`` and ``beta.grad`` are the global sums divided by ``comm.size``.  Such a
         node is first order in every mode, and evaluation exchanges nothing.
+    residual : bool
+        The last input is r, added before the activation (its gradient is ``dz * phi'``).
+    out : array, optional
+        Where the output is written (x is then only read, in every mode), as
+        :func:`cupy_abn.abn_forward`'s ``out``.
     """
 
     def __init__(self, running_mean=None, running_var=None, *, training: bool = True,
                  decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
                  activation_param: float = 0.01, mode: str = "inplace",
-                 copy_input: bool = False, comm: Any = None, axis: Any = None):
+                 copy_input: bool = False, comm: Any = None, axis: Any = None,
+                 residual: bool = False, out: Any = None):
         self.running_mean, self.running_var = running_mean, running_var
         self.kw: Dict[str, Any] = dict(
             training=training, decay=decay, eps=eps, activation=activation,
@@ -74,6 +83,8 @@ class ABNFunction(chainer.FunctionNode):
         self.axis = (axis,) if isinstance(axis, int) else axis   # Chainer's axis
         self.copy_input = copy_input
         self.comm = comm
+        self.residual = residual
+        self.out = out
         self.saved = None
         self.x_layout = None   # x's Chainer memory layout, set by forward
 
@@ -89,8 +100,13 @@ class ABNFunction(chainer.FunctionNode):
         return self.kw["mode"] == "standard" and not self.kw["training"] and self.comm is None
 
     def check_type_forward(self, in_types):
-        names = ("x", "gamma", "beta") + (("mean", "var") if self.takes_stats else ())
+        names = (("x", "gamma", "beta") + (("mean", "var") if self.takes_stats else ())
+                 + (("residual",) if self.residual else ()))
         type_check._argname(in_types, names)
+        if self.residual:
+            r = in_types[-1]
+            type_check.expect(r.dtype == in_types[0].dtype, r.shape == in_types[0].shape)
+            in_types = in_types[:-1]
         x, gamma = in_types[:2]
         type_check.expect(x.dtype.kind == "f", gamma.dtype.kind == "f")
         if self.axis is None:
@@ -129,11 +145,12 @@ class ABNFunction(chainer.FunctionNode):
 
     def forward(self, inputs):
         x, gamma, beta = inputs[:3]
-        mean, var = inputs[3:] if self.takes_stats else (self.running_mean,
-                                                         self.running_var)
+        r = inputs[-1] if self.residual else None
+        mean, var = inputs[3:5] if self.takes_stats else (self.running_mean,
+                                                          self.running_var)
         in_place = self.kw["mode"] != "standard"
-        out = None
-        if in_place and self.copy_input:   # the output into a new buffer: x is only read
+        out, self.out = self.out, None   # the node keeps no reference to it
+        if out is None and in_place and self.copy_input:   # a new buffer: x is only read
             out = chainer.backend.get_array_module(x).empty(x.shape, x.dtype)
         axis = self._raw_axis(x, gamma)
         self.x_layout = self.input_layouts[0] if self.input_layouts else None
@@ -143,15 +160,17 @@ class ABNFunction(chainer.FunctionNode):
                              f"got axis={self.axis} for x of ndim {x.ndim}")
         if self.comm is None:
             z, self.saved = api.abn_forward(x, gamma, beta, mean, var, axis=axis, out=out,
-                                            **self.kw)
+                                            residual=r, **self.kw)
         else:
             z, self.saved = sync_abn_forward(x, gamma, beta, mean, var, self.comm, out=out,
-                                             **self.kw)
-        # Mark what the graph must not overwrite: x (standard mode keeps it) or z (in place).
-        # Standard mode also keeps the (per-channel) parameters for its differentiable
-        # backward.
+                                             residual=r, **self.kw)
+        # Mark what the graph must not overwrite: x (standard mode keeps it) or z (in place),
+        # and r (the in-place backward reads it).  Standard mode also keeps the (per-channel)
+        # parameters for its differentiable backward.
         if in_place:
             self.retain_outputs((0,))
+            if self.residual:
+                self.retain_inputs((len(inputs) - 1,))
         else:
             self.retain_inputs(tuple(range(len(inputs))))
         return z,
@@ -169,9 +188,9 @@ class ABNFunction(chainer.FunctionNode):
         xp = chainer.backend.get_array_module(z)
         gz = xp.zeros(self.saved.shape, z.dtype) if gz is None else gz.array
         if self.comm is None:
-            dx, dgamma, dbeta = api.abn_backward(self.saved, gz)
+            dx, dgamma, dbeta, *dr = api.abn_backward(self.saved, gz)
         else:
-            dx, dgamma, dbeta = sync_abn_backward(self.saved, gz, self.comm)
+            dx, dgamma, dbeta, *dr = sync_abn_backward(self.saved, gz, self.comm)
             if self.saved.training:   # MultiNodeBatchNormalization's convention
                 size = dgamma.dtype.type(self.comm.size)
                 dgamma, dbeta = dgamma / size, dbeta / size
@@ -179,8 +198,10 @@ class ABNFunction(chainer.FunctionNode):
         if self.takes_stats:
             grads += _stats_grads(self.saved, self.get_retained_inputs(), dgamma, dbeta,
                                   self.kw["eps"])
-        return (chainer.Variable(dx, layout=self.x_layout),) + tuple(
-            chainer.Variable(g) for g in grads[1:])
+        out = [chainer.Variable(g) for g in grads[1:]]
+        if dr:
+            out.append(chainer.Variable(dr[0], layout=self.x_layout))
+        return (chainer.Variable(dx, layout=self.x_layout),) + tuple(out)
 
 
 def _stats_grads(saved, retained, dgamma, dbeta, eps):
@@ -190,7 +211,7 @@ def _stats_grads(saved, retained, dgamma, dbeta, eps):
     ``dL/dmean = -dL/dbeta * g * invstd`` and ``dL/dvar = -g * dL/dg * invstd^2 / 2``
     (``dL/dg = sum dy * xhat``), per channel; no pass over x is needed.
     """
-    _, gamma, _, mean, var = (v.array for v in retained)
+    _, gamma, _, mean, var = (v.array for v in retained[:5])
     xp = chainer.backend.get_array_module(gamma)
     acc = np.promote_types(saved.stats.dtype, var.dtype)
     g, v = gamma.astype(acc), var.astype(acc)
@@ -252,6 +273,8 @@ def _differentiable_backward(node: ABNFunction, gz):
     invstd = F.rsqrt(var + eps)
     xhat = xc * bc(invstd)
     y = xhat * bc(gamma) + bc(beta)
+    if node.residual:
+        y = y + cast(retained[-1])
     dy = _activation_grad(y, gz, kw["activation"], kw["activation_param"])
     sum_dy = F.sum(dy, axis=axes)
     sum_dy_xhat = F.sum(dy * xhat, axis=axes)
@@ -263,17 +286,22 @@ def _differentiable_backward(node: ABNFunction, gz):
     grads = [gx, sum_dy_xhat, sum_dy]
     if not kw["training"]:
         grads += [-sum_dy * gamma * invstd, -0.5 * gamma * sum_dy_xhat * invstd * invstd]
+    if node.residual:
+        grads.append(dy)
     return tuple(g if g.dtype == r.dtype else F.cast(g, r.dtype)
                  for g, r in zip(grads, retained))
 
 
 def _apply(x, gamma, beta, running_mean, running_var, *, mode: str, training: Optional[bool],
            decay: float, eps: float, activation: str, activation_param: float,
-           name: Optional[str] = None, axis: Any = None):
+           name: Optional[str] = None, axis: Any = None, residual: Any = None,
+           out: Any = None):
     if training is None:
         training = bool(chainer.config.train)
     in_place = mode != "standard"
-    copy = in_place and _graph.needs_copy(x, stacklevel=4)
+    # With ``out`` x is only read: nothing to protect, nothing to invalidate.
+    copy = in_place and out is None and (_graph.needs_copy(x, stacklevel=4)
+                                         or _shares(residual, x))
     stats_inputs = (mode == "standard" and not training and running_mean is not None
                     and running_var is not None)
     if not stats_inputs:
@@ -284,18 +312,27 @@ def _apply(x, gamma, beta, running_mean, running_var, *, mode: str, training: Op
                        None if stats_inputs else running_var, training=training,
                        decay=decay, eps=eps, activation=activation,
                        activation_param=activation_param, mode=mode, copy_input=copy,
-                       axis=axis)
-    inputs = (x, gamma, beta) + ((running_mean, running_var) if stats_inputs else ())
+                       axis=axis, residual=residual is not None, out=out)
+    inputs = ((x, gamma, beta) + ((running_mean, running_var) if stats_inputs else ())
+              + ((residual,) if residual is not None else ()))
     z, = node.apply(inputs)
-    if in_place and not copy:
+    if in_place and not copy and out is None:
         _graph.invalidate(x, _graph.layer_name("InPlaceABN", name))
     return z
+
+
+def _shares(r: Any, x: Any) -> bool:
+    """Whether the residual's array overlaps x's (then z goes into a new buffer)."""
+    if r is None:
+        return False
+    raw = [v.raw_array if isinstance(v, chainer.Variable) else v for v in (r, x)]
+    return _validation.may_overlap(*raw)
 
 
 def abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None, running_var: Any = None, *,
         training: Optional[bool] = None, decay: float = 0.9, eps: float = 2e-5,
         activation: str = "leaky_relu", activation_param: float = 0.01,
-        axis: Any = None) -> chainer.Variable:
+        axis: Any = None, residual: Any = None, out: Any = None) -> chainer.Variable:
     """Batch normalization + activation in one node (plain ABN: x is kept, any activation).
 
     Parameters
@@ -314,6 +351,12 @@ def abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None, running_var: An
     axis : int or tuple of int, optional
         The axes normalized over, as ``F.batch_normalization``'s ``axis`` (default: 0 and the
         axes after gamma's, which start at axis 1); gamma has the shape of the other axes.
+    residual : Variable or array, optional
+        r like x, added before the activation: ``phi(BN(x) + r)`` in one pass (a
+        post-activation residual block's add); it receives a gradient.
+    out : array, optional
+        Where the output is written (x's shape, dtype and device, C-contiguous), e.g. a
+        buffer reused across steps; the returned Variable's array is it.
 
     Returns
     -------
@@ -323,14 +366,16 @@ def abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None, running_var: An
     """
     return _apply(x, gamma, beta, running_mean, running_var, mode="standard",
                   training=training, decay=decay, eps=eps, activation=activation,
-                  activation_param=activation_param, axis=axis)
+                  activation_param=activation_param, axis=axis, residual=residual,
+                  out=out)
 
 
 def inplace_abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None,
                 running_var: Any = None, *, training: Optional[bool] = None,
                 decay: float = 0.9, eps: float = 2e-5, activation: str = "leaky_relu",
                 activation_param: float = 0.01, mode: str = "inplace",
-                name: Optional[str] = None, axis: Any = None) -> chainer.Variable:
+                name: Optional[str] = None, axis: Any = None,
+                residual: Any = None, out: Any = None) -> chainer.Variable:
     """InPlace-ABN: the output is written into x's array (INPLACE-ABN II by default).
 
     The scale applied is ``|gamma| + eps``.  x is overwritten only when it is the output of
@@ -355,6 +400,14 @@ def inplace_abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None,
         links pass theirs).
     axis : int or tuple of int, optional
         As in :func:`abn`.
+    residual : Variable or array, optional
+        r like x: ``z = phi(BN(x) + r)`` written into x's array.  r must not share x's
+        memory; the node retains it (its backward rebuilds y = phi^-1(z) - r), so a later
+        in-place layer fed r writes a new buffer instead of overwriting it.
+    out : array, optional
+        Write the output there and leave x untouched (a pre-activation residual block, whose
+        input survives): no copy of x, no warning, and x stays usable; the backward still
+        needs the output only.
 
     Returns
     -------
@@ -371,7 +424,8 @@ def inplace_abn(x: Any, gamma: Any, beta: Any, running_mean: Any = None,
                            "use cupy_abn.chainer.abn for the standard mode")
     return _apply(x, gamma, beta, running_mean, running_var, mode=mode, training=training,
                   decay=decay, eps=eps, activation=activation,
-                  activation_param=activation_param, name=name, axis=axis)
+                  activation_param=activation_param, name=name, axis=axis,
+                  residual=residual, out=out)
 
 
 def inplace_abn_v1(x: Any, gamma: Any, beta: Any, running_mean: Any = None,

@@ -147,9 +147,10 @@ class _ABNLink(chainer.Link):
         return self._fixed(1.0 if self.mode == "standard" else 1.0 - self.eps)
 
     def forward(self, x: Any, **kwargs: Any) -> chainer.Variable:
-        """forward(self, x, finetune=False)
+        """forward(self, x, finetune=False, residual=None, out=None)
 
-        Normalize and activate ``x`` (N, C, ...) with batch or running statistics.
+        Normalize and activate ``x`` (N, C, ...) with batch or running statistics; with
+        ``residual``, ``phi(BN(x) + residual)`` (a post-activation residual block).
 
         Parameters
         ----------
@@ -158,6 +159,13 @@ class _ABNLink(chainer.Link):
             when x may be (the rules are in ``cupy_abn/chainer/_graph.py``).
         finetune : bool, keyword only
             Accumulate population statistics with ``decay = 1 - 1/N`` (training only).
+        residual : Variable or array, keyword only
+            r like x, added after the normalization and before the activation, in the same
+            pass; gradients flow to it.  In ``InPlaceABN`` it must not share x's memory, and
+            it is retained by the layer's node until its backward.
+        out : array, keyword only
+            Where the output is written; x is then only read and stays usable (in
+            ``InPlaceABN`` too: the pre-activation block's input survives, with no copy).
 
         Raises
         ------
@@ -168,7 +176,8 @@ class _ABNLink(chainer.Link):
         chainer.utils.type_check.InvalidType
             For an x whose shape does not fit (ndim < 2, channels other than ``size``).
         """
-        finetune, = argument.parse_kwargs(kwargs, ("finetune", False), test=_TEST_ARG)
+        finetune, residual, out = argument.parse_kwargs(
+            kwargs, ("finetune", False), ("residual", None), ("out", None), test=_TEST_ARG)
         if self.avg_mean is None:
             # size=None: the parameters take the shape of the axes not in axis (channels on
             # axis 1 by default), as Chainer infers them.
@@ -192,7 +201,7 @@ class _ABNLink(chainer.Link):
             self.N -= 1   # as L.BatchNormalization: the recomputation does not count
         mean, var = (None, None) if keep_stats else (self.avg_mean, self.avg_var)
         return self._apply_activation(x, self._gamma(), beta, mean, var, training=training,
-                                      decay=decay, eps=self.eps)
+                                      decay=decay, eps=self.eps, residual=residual, out=out)
 
     def set_activation(self, activation: str,
                        activation_param: float = 0.01) -> Tuple[str, float]:

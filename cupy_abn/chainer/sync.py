@@ -22,22 +22,23 @@ from .links import _ABNLink
 
 def inplace_abn_sync(x, gamma, beta, comm, running_mean=None, running_var=None, *,
                      decay=0.9, eps=2e-5, activation="leaky_relu", activation_param=0.01,
-                     mode="inplace", training=None, name=None):
+                     mode="inplace", training=None, name=None, residual=None, out=None):
     """Functional InPlaceABNSync; ``training`` defaults to ``chainer.config.train``.
 
     Every rank of ``comm`` calls it for the same layer with its slice of the global batch
     (its batch may be empty).  Running statistics, when given, are updated in place (training)
     or used (evaluation, which needs them and exchanges nothing).  ``name`` names the layer
-    in the error raised when the overwritten x is used again.
+    in the error raised when the overwritten x is used again.  ``residual``: this rank's r,
+    added before the activation, and ``out``, as in :func:`cupy_abn.chainer.inplace_abn`.
     """
     if training is None:
         training = bool(chainer.config.train)
-    copy = mode != "standard" and _graph.needs_copy(x, stacklevel=3)
+    copy = mode != "standard" and out is None and _graph.needs_copy(x, stacklevel=3)
     fn = ABNFunction(running_mean, running_var, training=training, decay=decay, eps=eps,
                      activation=activation, activation_param=activation_param, mode=mode,
-                     copy_input=copy, comm=comm)
-    z, = fn.apply((x, gamma, beta))
-    if mode != "standard" and not copy:
+                     copy_input=copy, comm=comm, residual=residual is not None, out=out)
+    z, = fn.apply((x, gamma, beta) + ((residual,) if residual is not None else ()))
+    if mode != "standard" and not copy and out is None:
         _graph.invalidate(x, _graph.layer_name("InPlaceABNSync", name))
     return z
 

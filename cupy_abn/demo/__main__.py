@@ -64,6 +64,9 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--widths", type=_widths, help="channels per stage, comma separated "
                                                   "(cpu 16,32,64; gpu 64,128,256)")
     p.add_argument("--blocks", type=positive_int, default=2, help="residual blocks per stage")
+    p.add_argument("--block", choices=network.BLOCKS, default="add",
+                   help="the residual add after the block's last activation (add), or before "
+                        "it, fused into InPlaceABN with residual= (post)")
     p.add_argument("--lr", type=float, default=0.02, help="MomentumSGD learning rate")
     p.add_argument("--budget-mib", type=positive_int,
                    help="memory budget for the largest-batch search (cpu 256, gpu 2048)")
@@ -166,7 +169,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     widths = args.widths if args.widths is not None else widths
     size = args.size if args.size is not None else size
     cfg = network.Config(widths=widths, blocks=args.blocks, size=size,
-                         seed=args.seed)
+                         seed=args.seed, block=args.block)
     data = network.SyntheticData(cfg)
     env = describe(gpu)
     print(f"cupy-abn demo on {env['device']}: batch {batch}, {cfg.size}x{cfg.size} images, "

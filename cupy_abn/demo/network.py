@@ -21,8 +21,15 @@ KINDS = ("standard", "inplace")
 LABELS = {"standard": "BatchNormalization + leaky_relu", "inplace": "InPlaceABN"}
 
 
+# Residual blocks: "add" sums the block's input after the second activation; "post" adds it
+# before (the post-activation ResNet block, phi(BN(conv(h)) + x)), which InPlaceABN fuses
+# (``residual=``) and the baseline computes as BatchNormalization, add, leaky_relu.
+BLOCKS = ("add", "post")
+
+
 class BNLeakyReLU(chainer.Chain):
-    """The baseline: ``L.BatchNormalization`` followed by ``F.leaky_relu`` (or nothing)."""
+    """The baseline: ``L.BatchNormalization``, the residual when given, then ``F.leaky_relu``
+    (or nothing)."""
 
     def __init__(self, size: int, activation: str, slope: float, dtype):
         super().__init__()
@@ -30,8 +37,10 @@ class BNLeakyReLU(chainer.Chain):
         with self.init_scope():
             self.bn = L.BatchNormalization(size, dtype=dtype)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         h = self.bn(x)
+        if residual is not None:
+            h = h + residual
         return F.leaky_relu(h, self.slope) if self.activation == "leaky_relu" else h
 
 
@@ -49,13 +58,15 @@ def norm_factory(kind: str, slope: float, dtype) -> Callable[[int, str], chainer
 
 
 class Block(chainer.Chain):
-    """conv -> norm+leaky_relu -> conv -> norm+leaky_relu -> + input.
+    """conv -> norm+leaky_relu -> conv -> norm+leaky_relu -> + input (``post=False``), or
+    conv -> norm+leaky_relu -> conv -> leaky_relu(norm + input) (``post=True``).
 
-    Both convolutions are followed by a fused layer; the sum is the next block's input.
+    Both convolutions are followed by a fused layer; the result is the next block's input.
     """
 
-    def __init__(self, width: int, norm, init):
+    def __init__(self, width: int, norm, init, post: bool = False):
         super().__init__()
+        self.post = post
         with self.init_scope():
             self.conv1 = L.Convolution2D(width, width, 3, pad=1, nobias=True, initialW=init)
             self.norm1 = norm(width, "leaky_relu")
@@ -63,7 +74,8 @@ class Block(chainer.Chain):
             self.norm2 = norm(width, "leaky_relu")
 
     def forward(self, x):
-        return self.norm2(self.conv2(self.norm1(self.conv1(x)))) + x
+        h = self.conv2(self.norm1(self.conv1(x)))
+        return self.norm2(h, residual=x) if self.post else self.norm2(h) + x
 
 
 class ResNet(chainer.Chain):
@@ -75,7 +87,8 @@ class ResNet(chainer.Chain):
     """
 
     def __init__(self, norm, widths: Sequence[int] = (16, 32, 64), blocks: int = 2,
-                 classes: int = 10, in_channels: int = 3, dtype=np.float32):
+                 classes: int = 10, in_channels: int = 3, dtype=np.float32,
+                 block: str = "add"):
         super().__init__()
         init = chainer.initializers.HeNormal(dtype=dtype)
         self.n_stages = len(widths)
@@ -87,7 +100,7 @@ class ResNet(chainer.Chain):
                                                           nobias=True, initialW=init))
                 setattr(self, f"dnorm{s}", norm(width, "leaky_relu"))
                 setattr(self, f"stage{s}", chainer.ChainList(
-                    *[Block(width, norm, init) for _ in range(blocks)]))
+                    *[Block(width, norm, init, post=block == "post") for _ in range(blocks)]))
                 prev = width
             self.fc = L.Linear(prev, classes, initialW=init,
                                 initial_bias=chainer.initializers.Zero(dtype))
@@ -111,14 +124,17 @@ class Config:
     slope: float = 0.01     # leaky_relu
     dtype: str = "float32"
     seed: int = 0
+    block: str = "add"      # BLOCKS: the residual add after or before the activation
 
 
 def build(kind: str, cfg: Config) -> ResNet:
     """The network of one kind; the same seed gives both kinds the same weights."""
     dtype = np.dtype(cfg.dtype)
     np.random.seed(cfg.seed)   # Chainer's initializers draw from NumPy's global generator
+    if cfg.block not in BLOCKS:
+        raise ValueError(f"block: expected one of {BLOCKS}, got {cfg.block!r}")
     return ResNet(norm_factory(kind, cfg.slope, dtype), cfg.widths, cfg.blocks, cfg.classes,
-                  dtype=dtype)
+                  dtype=dtype, block=cfg.block)
 
 
 def norm_layers(net: ResNet) -> int:
