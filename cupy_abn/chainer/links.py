@@ -275,9 +275,63 @@ class _ABNLink(chainer.Link):
         return functions.inplace_abn(x, gamma, beta, mean, var, mode=self.mode,
                                      name=self.name, axis=self.axis, **kw)
 
+    def to_batch_normalization(self) -> "chainer.Sequential":
+        """A plain ``L.BatchNormalization`` and the activation, computing what this layer
+        computes in evaluation (for deployment, or for tools that know only Chainer's links).
+
+        The batch normalization takes this layer's ``eps``, ``decay``, ``axis``, running
+        statistics and ``N``, ``beta``, and the scale this layer applies: ``gamma`` in the
+        standard mode, ``|gamma| + eps`` in the in-place modes (computed in float64, rounded
+        once).  :meth:`InPlaceABN.from_batch_normalization` converts back.
+
+        Returns
+        -------
+        chainer.Sequential
+            ``[bn]`` for the identity, else ``[bn, activation]`` with the activation a
+            function of Chainer (``F.leaky_relu``, ``F.elu``, ``F.relu``) and its parameter.
+
+        Raises
+        ------
+        ValueError
+            For a layer created with ``size=None`` that never ran (no parameters yet).
+        """
+        if self.avg_mean is None:
+            raise ValueError("to_batch_normalization: the layer has no parameters yet "
+                             "(created with size=None and never called)")
+        xp = self.xp
+        shape, dtype = self.avg_mean.shape, self.avg_mean.dtype
+        gamma = (self.gamma.array if self.gamma is not None
+                 else xp.ones(shape, dtype)).astype(np.float64)
+        if self.mode != "standard":
+            gamma = xp.abs(gamma if self.gamma is not None else gamma - self.eps) + self.eps
+        bn = chainer.links.BatchNormalization(shape if len(shape) > 1 else shape[0],
+                                              decay=self.decay, eps=self.eps, dtype=dtype,
+                                              axis=self.axis)
+        bn.to_device(self.device)
+        bn.gamma.array[...] = gamma.astype(dtype)
+        bn.beta.array[...] = self.beta.array if self.beta is not None else 0
+        bn.avg_mean[...] = self.avg_mean
+        bn.avg_var[...] = self.avg_var
+        bn.N = self.N
+        act = _chainer_activation(self.activation, self.activation_param)
+        return chainer.Sequential(bn) if act is None else chainer.Sequential(bn, act)
+
     def start_finetuning(self) -> None:
         """Reset the population count, as ``L.BatchNormalization.start_finetuning``."""
         self.N = 0
+
+
+def _chainer_activation(name: str, param: float):
+    """The activation as a Chainer function of one argument (None for the identity)."""
+    import functools
+    import chainer.functions as F
+    if name == "identity":
+        return None
+    if name == "leaky_relu":
+        return functools.partial(F.leaky_relu, slope=param)
+    if name == "elu":
+        return functools.partial(F.elu, alpha=param)
+    return F.relu
 
 
 class ABN(_ABNLink):
