@@ -216,12 +216,22 @@ def test_residual_block_with_skip_consumer_first_falls_back_to_copy():
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-8, atol=1e-10)
 
 
+_KEPT = []
+
+
+def _view_of_a_kept_variable(a):
+    """A reshape (a view) of an array that another variable still holds."""
+    h = chainer.Variable(a) * 1
+    _KEPT.append(h)
+    return F.reshape(h, (4, 3, 2, 3))
+
+
 @pytest.mark.parametrize("make, reason", [
     (lambda a: chainer.Variable(a), "leaf variable"),
     (lambda a: a, "is an array"),
     (lambda a: F.relu(chainer.Variable(a) * 1), "retained for backward"),
     (lambda a: F.identity(chainer.Variable(a)), "referenced outside the graph"),
-    (lambda a: F.reshape(chainer.Variable(a) * 1, (4, 3, 2, 3)), "view|referenced"),
+    (_view_of_a_kept_variable, "view|referenced"),
 ])
 def test_protected_inputs_are_copied_with_a_warning(make, reason):
     rs = np.random.RandomState(4)
@@ -238,6 +248,20 @@ def test_protected_inputs_are_copied_with_a_warning(make, reason):
     assert not np.shares_memory(y.array, arr)
     if isinstance(x, chainer.Variable):
         np.testing.assert_array_equal(x.array, before)   # still usable
+
+
+def test_a_view_that_alone_reaches_its_memory_is_written_in_place():
+    """A reshape of an intermediate nothing else holds (as a strided convolution's output on
+    the CPU): only the view reaches the memory, so the layer writes in place, silently."""
+    rs = np.random.RandomState(6)
+    x = F.reshape(chainer.Variable(rs.randn(4, 3, 6)) * 1, (4, 3, 2, 3))
+    assert x.array.base is not None
+    ptr = x.array.__array_interface__["data"][0]   # no reference to the array kept
+    g, b = _params(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = C.inplace_abn(x, g, b)
+    assert y.array.__array_interface__["data"][0] == ptr
 
 
 def test_standard_abn_input_is_protected_from_a_later_in_place_layer():

@@ -6,8 +6,9 @@ before writing and makes the rest fail loudly:
 * before: x is written in place only if it has a creator (it is an intermediate result, not
   the network's input or a parameter), no node retains its array for backward (``node.data``
   is set by ``retain_inputs``/``retain_outputs``: a convolution that read x, an ``F.relu`` that
-  produced it, a standard-mode ABN), and its array owns its memory (not a view that another
-  variable may share).  Otherwise the node reads x and writes its output into a new buffer,
+  produced it, a standard-mode ABN), and its array owns its memory or is a view that alone
+  reaches it (a base that owns its memory and nothing else holds: a strided convolution's
+  output on the CPU).  Otherwise the node reads x and writes its output into a new buffer,
   and warns (:class:`InPlaceFallbackWarning`); a non-contiguous x (Chainer's CPU convolution
   returns one) takes that route silently, since it is read through a contiguous copy anyway
   and is not shared.  The array
@@ -40,7 +41,8 @@ class InPlaceFallbackWarning(UserWarning):
 def _after(layer: str) -> str:
     return (f"x was overwritten in place by {layer} and holds its output now: feed the layer a "
             "value that no other node uses (e.g. conv -> InPlaceABN), or keep x with "
-            "out= (a buffer for the output: x survives, no copy) / mode='standard'")
+            "out= (a buffer for the output: x survives, no copy), mode='standard', or an "
+            "explicit F.copy(x) before the layer")
 
 
 class OverwrittenArray:
@@ -102,9 +104,23 @@ def copy_reason(x: Any) -> Optional[str]:
         return ("x's array is referenced outside the graph (by another variable, a view of "
                 "it, or the caller)")
     arr: Any = x.raw_array
-    if getattr(arr, "base", None) is not None and arr.flags.c_contiguous:
+    if getattr(arr, "base", None) is not None and arr.flags.c_contiguous \
+            and not _sole_view(arr):
         return "x's array is a view that may share memory with another variable"
     return None
+
+
+def _base_refs(arr: Any) -> int:
+    base = arr.base
+    return sys.getrefcount(base)
+
+
+def _sole_view(arr: Any) -> bool:
+    """Whether ``arr`` is a view of an array that owns its memory and that nothing else
+    references (a strided convolution's output on the CPU, a reshape of an intermediate):
+    then only ``arr`` reaches that memory, and writing it in place is as safe as writing an
+    array that owns its memory."""
+    return getattr(arr.base, "base", None) is None and _base_refs(arr) <= _BASELINE_BASE_REFS
 
 
 def _array_refs(v: "chainer.Variable") -> int:
@@ -113,6 +129,8 @@ def _array_refs(v: "chainer.Variable") -> int:
 
 # References to the array of a Variable that nothing else sees (its own, plus the call's).
 _BASELINE_REFS = _array_refs(chainer.Variable(np.empty(1)))
+# References to the base of a view that nothing else holds (the view's own, plus the call's).
+_BASELINE_BASE_REFS = _base_refs(np.empty(2).reshape(1, 2))
 
 
 def needs_copy(x: Any, stacklevel: int = 3) -> bool:
