@@ -97,3 +97,25 @@ def test_gpu_clock_times_each_call_between_cuda_events():
     got = clock.seconds(lambda: log.append("call"))
     assert got == pytest.approx(4e-3)
     assert log == ["call", "call", "dev"] + ["record", "call", "record"] * 3 + ["sync"]
+
+
+def test_memory_resnext_reports_kept_per_layer_and_predictions(tmp_path):
+    """The ResNeXt benchmark on a small instance (one bottleneck per stage, 64x64): every
+    layer's share of the kept bytes sums to the total, the in-place forms keep less, and the
+    fused residual add less again."""
+    import memory_resnext
+    result = memory_resnext.main(["--batches", "1,2", "--size", "64", "--depths", "1,1,1,1",
+                                  "--at", "8", "--no-progress", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "memory_resnext101.json").read_text())
+    assert (tmp_path / "memory_resnext101.png").exists()
+    assert saved["kept_ratio"] == result["kept_ratio"]
+    assert result["kept_ratio_residual"] < result["kept_ratio"] < 0.9
+    for form in saved["forms"].values():
+        for run in form["runs"]:
+            layer_sum = sum(b for _, b in run["layers"])
+            # the loss and the classifier's few bytes come after the last layer mark
+            assert 0 <= run["kept_bytes"] - layer_sum < 0.01 * run["kept_bytes"]
+        assert form["largest_batch"]["80"] > form["largest_batch"]["16"] > 0
+    names = [layer["layer"] for layer in saved["forms"]["bn"]["layers"]]
+    assert names[0] == "stem" and names[-1] == "head"
+    assert "stage4.block1.conv3+norm3+add" in names
