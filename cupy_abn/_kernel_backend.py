@@ -58,7 +58,7 @@ RESIDENT = True            # channels that fit one block take the one-launch pat
 
 
 def unroll(stage: str, vec: int, t: int = 0, idx64: bool = False, last: bool = False,
-           saturated: bool = False, residual: bool = False) -> int:
+           saturated: bool = False, residual: bool = False, acc64: bool = False) -> int:
     """Packs in flight per thread and streamed tensor in the hot loops (UNROLL in
     kernels/channel_moments.cu, normalize_activate.cu and grad_terms.cuh): 4 packs (8 single
     elements) in the forward; 2 (4) per tensor in the backward, 1 where they would not fit in
@@ -72,13 +72,21 @@ def unroll(stage: str, vec: int, t: int = 0, idx64: bool = False, last: bool = F
 
     A fused residual add (``residual``, kernels/residual.cuh) streams r beside x: the
     elementwise forward keeps half as many 8-wide packs (channels-last: half as many rows of
-    any width) in flight, and the backward counts r as a third tensor, as x for plain ABN."""
+    any width) in flight, and the backward counts r as a third tensor, as x for plain ABN.
+    With float64 accumulators (``acc64``) the residual add's backward takes fewer still: 2
+    elements or 1 pack (grad_sums*.cu, grad_input.cu); the channels-last elementwise backward
+    (``stage="grad_input"``, grad_input_last.cu) 4 elements or 1 pack.  The scalar forward
+    with r and 64-bit indices takes 4 elements."""
     if stage == "forward":
-        return 8 if vec == 1 else (2 if residual and vec == 8 else 4)
+        if vec == 1:
+            return 4 if residual and idx64 else 8
+        return 2 if residual and vec == 8 else 4
     if stage == "normalize":
         if vec == 1:
             return 8
         return (2 if last and vec == 8 else 4) // (2 if residual and last else 1)
+    if residual and acc64:
+        return (4 if last and stage == "grad_input" else 2) if vec == 1 else 1
     if vec == 1:
         return 4
     if saturated and not last:
@@ -175,11 +183,11 @@ def row_plan(rows: int, row_len: int, unroll: int, max_block: int = MAX_BLOCK,
 
 @functools.lru_cache(maxsize=1024)
 def resident_block(m_packs: int, vec: int, max_block: int = RES_MAX_BLOCK,
-                   wide: bool = False) -> int:
+                   wide: bool = False, residual: bool = False) -> int:
     """Threads of a block that holds a whole channel of ``m_packs`` packs in registers
     (``RES_ELEMS`` elements per thread, half as many for float64 (``wide``); a power of two
     >= 32), or 0 when it does not fit."""
-    elems = RES_ELEMS // 2 if wide else RES_ELEMS
+    elems = (RES_ELEMS // 2 if wide else RES_ELEMS) // (2 if residual else 1)
     need = -(-m_packs // max(1, elems // vec))
     block = MIN_BLOCK
     while block < need:
@@ -281,13 +289,14 @@ class KernelBackend:
             block //= 2
         return -(-channels // block), block
 
-    def _resident(self, m_packs, dtype, vector, idx64, acc, last=False) -> int:
+    def _resident(self, m_packs, dtype, vector, idx64, acc, last=False,
+                  residual=False) -> int:
         """The block of the channel-resident kernels for this channel, or 0 (two passes;
-        always for channels-last x)."""
-        if not RESIDENT or last or idx64 or not K.resident_fits(dtype, acc, vector):
+        always for channels-last x); a residual add's variants hold half as many elements."""
+        if not RESIDENT or last or idx64 or not K.resident_fits(dtype, acc, vector, residual):
             return 0
         return resident_block(m_packs, K.vec_width(dtype, vector), self.rt.max_block,
-                              np.dtype(acc) == np.float64)
+                              np.dtype(acc) == np.float64, residual)
 
     def _fn(self, family, entry=None, **variant):
         return self.rt.function(family, entry or family, K.defines(family, **variant))
@@ -322,7 +331,8 @@ class KernelBackend:
                   acc.type(1 - decay), np.int32(abs_gamma))
         vector = self.vector_path(x.shape, x, out, residual, acc=acc)
         _, row_len, m, it, idx64 = self._geometry(x.shape, x.dtype, vector)
-        block = self._resident(m, x.dtype, vector, idx64, acc, channels_last(x.shape))
+        block = self._resident(m, x.dtype, vector, idx64, acc, channels_last(x.shape),
+                               residual is not None)
         if block:
             fn = self._fn("channel_resident", "normalize_train_resident", store=x.dtype,
                           param=gamma.dtype, act=ACTIVATIONS[activation].code, t=0,
@@ -454,7 +464,7 @@ class KernelBackend:
                 np.uint32(parts), acc.type(param))
         rows = x.shape[0] * c
         plan = row_plan(rows, row_len, unroll("forward", K.vec_width(x.dtype, vector),
-                                              residual=res),
+                                              idx64=idx64, residual=res),
                         self.rt.max_block,
                         MAX_ROW_GRID)
         fn = self._fn("normalize_activate", store=x.dtype, param=param_dtype,
@@ -483,11 +493,14 @@ class KernelBackend:
         last = channels_last(z.shape)
         family = "grad_sums_last" if last else "grad_sums"
         residual = residual and K.residual_read(family, t)
+        if vector and residual and not K.residual_vector_fits(
+                family, z.dtype, t, z.size >= K.IDX64_FROM, saturated):
+            vector = False
         fn = self._fn(family, store=z.dtype, param=param_dtype,
                       act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector,
                       acc=acc, saturated=saturated, residual=residual)
         u = unroll("backward", K.vec_width(z.dtype, vector), t, idx64, last, saturated,
-                   residual)
+                   residual, acc == np.float64)
         head = (z, dz, z if src is None else src, stats, np.uint32(c))
         if last:
             tile_x = tile_width(row_len)
@@ -532,7 +545,8 @@ class KernelBackend:
         vector = vector and all(self.rt.aligned(a, K.PACK_BYTES) for a in (dx, dres)
                                 if a is not None)
         _, row_len, mp, it, idx64 = self._geometry(z.shape, z.dtype, vector)
-        block = self._resident(mp, z.dtype, vector, idx64, acc, channels_last(z.shape))
+        block = self._resident(mp, z.dtype, vector, idx64, acc, channels_last(z.shape),
+                               dres is not None)
         if block:
             fn = self._fn("channel_resident", "grad_resident", store=z.dtype, param=gamma.dtype,
                           act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector,
@@ -574,13 +588,16 @@ class KernelBackend:
         if vector and not all(self.rt.aligned(a, K.PACK_BYTES) for a in (dx, dres)
                               if a is not None):
             vector = False
+        family = "grad_input_last" if channels_last(z.shape) else "grad_input"
+        if vector and residual and not K.residual_vector_fits(family, z.dtype, t, False):
+            vector = False
         acc = np.dtype(stats.dtype)
         c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
         src = z if src is None else src
         if channels_last(z.shape):
             tile_x, tiles, parts, block = self._tile_rows(
-                m, row_len, unroll("backward", K.vec_width(z.dtype, vector), t, idx64, True,
-                                   residual=residual))
+                m, row_len, unroll("grad_input", K.vec_width(z.dtype, vector), t, idx64, True,
+                                   residual=residual, acc64=acc == np.float64))
             fn = self._fn("grad_input_last", store=z.dtype, act=ACTIVATIONS[activation].code,
                           t=t, idx64=idx64, vector=vector, acc=acc, residual=residual)
             self.rt.launch(fn, tiles * parts, block,
@@ -589,8 +606,9 @@ class KernelBackend:
                             _reciprocal(acc, param), dx) + _given(dres))
             return
         rows = z.shape[0] * c
-        plan = row_plan(rows, row_len, unroll("backward", K.vec_width(z.dtype, vector), t, idx64,
-                                              residual=residual),
+        plan = row_plan(rows, row_len, unroll("grad_input", K.vec_width(z.dtype, vector), t,
+                                              idx64, residual=residual,
+                                              acc64=acc == np.float64),
                         self.rt.max_block,
                         MAX_ROW_GRID)
         fn = self._fn("grad_input", store=z.dtype, act=ACTIVATIONS[activation].code, t=t,

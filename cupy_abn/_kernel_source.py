@@ -196,10 +196,29 @@ def last_vector_fits(store, idx64: bool) -> bool:
     return not (idx64 and vec_width(store, True) == 8)
 
 
-def resident_fits(store, acc, vector: bool) -> bool:
+def residual_vector_fits(family: str, store, t, idx64: bool, saturated: bool = False) -> bool:
+    """Whether a RESIDUAL variant of ``family`` may take 16-byte packs: not float16 packs
+    (8 channels or elements) in the channels-last ``grad_input`` with t = xhat rebuilt from z
+    (INPLACE-ABN I: eight channels' coefficients, z, dz and r in registers), nor in
+    ``grad_sums`` with 64-bit indices (z, dz and r packs and 16 sums), nor in the check's
+    SATURATED ``grad_sums_last``.  ELU's log1p would get a stack frame there; they take the
+    scalar path (still coalesced)."""
+    from ._state import T_XHAT_FROM_Y
+    wide = vec_width(store, True) == 8
+    if family == "grad_input_last":
+        return not (wide and t == T_XHAT_FROM_Y)
+    if family == "grad_sums":
+        return not (wide and idx64)
+    if family == "grad_sums_last" and saturated:
+        return not wide
+    return True
+
+
+def resident_fits(store, acc, vector: bool, residual: bool = False) -> bool:
     """Whether the channel-resident kernels hold at least one pack per thread: RES_ELEMS
-    (8, or 4 float64 accumulators) elements of VEC-wide packs (channel_resident.cu)."""
-    elems = 4 if np.dtype(acc) == np.float64 else 8
+    (8, or 4 float64 accumulators; half as many with a residual add) elements of VEC-wide
+    packs (channel_resident.cu)."""
+    elems = (4 if np.dtype(acc) == np.float64 else 8) // (2 if residual else 1)
     return elems >= vec_width(store, vector)
 
 
@@ -233,6 +252,12 @@ def all_variants() -> Iterator[Tuple[str, Tuple[str, ...]]]:
                     _check_flags(family, act, t), _residual_flags(family, t)):
                 if extrema and vector and not extrema_vector_fits(family, xd, idx64):
                     continue   # the scalar path
+                if residual and vector and not residual_vector_fits(family, xd, t, idx64,
+                                                                    saturated):
+                    continue   # the scalar path
+                if residual and family == "channel_resident" and not resident_fits(
+                        xd, acc, vector, True):
+                    continue   # two passes
                 key = (family, defines(family, store=xd, param=pd, act=act, t=t, idx64=idx64,
                                        vector=vector, acc=acc, extrema=extrema,
                                        saturated=saturated, residual=residual))

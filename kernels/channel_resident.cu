@@ -16,7 +16,8 @@
 /* Elements a thread holds (half as many doubles: 64 registers per thread at 1024 threads).
  * cupy_abn/_kernel_backend.py: resident_block().  32-bit indices only (m <= 8192 per channel
  * and fewer than 2^31 elements in all: larger tensors take the two-pass path). */
-#define RES_ELEMS (ACC_BITS == 64 ? 4 : 8)
+/* Half as many with a residual add (r beside z and dz in grad_resident). */
+#define RES_ELEMS ((ACC_BITS == 64 ? 4 : 8) / (1 + RESIDUAL))
 #define RES_PACKS (RES_ELEMS / VEC)
 #if IDX64
 #error "the channel-resident kernels use 32-bit indices"
@@ -145,7 +146,9 @@ void grad_resident(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL con
             grad_terms(vz[k][e], vdz[k][e], vx[k][e], param, rparam, t_shift, t_scale, &dy,
                        &t);
             vz[k][e] = (dy - t * ca - cb) * ck;
-            vdz[k][e] = dy;   /* dL/dr with a residual add */
+#if RESIDUAL
+            vdz[k][e] = dy;   /* dL/dr */
+#endif
         }
         store_pack(dxc, w.row * plane + w.col, vz[k]);
 #if RESIDUAL

@@ -5,6 +5,12 @@
  * dres = dy (residual.cuh; r comes in the x argument where t needs it).
  * Needs: storage.h (STORE_BITS, ACC_BITS, IDX64, VEC), activation.cuh, residual.cuh,
  * channel_reduce.cuh (row_walk_t), grad_terms.cuh, T_KIND. */
+/* A residual add's r beside 64-bit accumulators: fewer packs in flight (at grad_terms.cuh's
+ * count ELU's log1p gets a stack frame).  cupy_abn/_kernel_backend.py: unroll(). */
+#if RESIDUAL && ACC_BITS == 64
+#undef UNROLL
+#define UNROLL (VEC == 1 ? 2 : 1)
+#endif
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
 void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const store_t *x,
@@ -33,7 +39,9 @@ void grad_input(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const 
                         grad_terms(vz[u][k], vdz[u][k], vx[u][k], param, rparam, t_shift,
                                    t_scale, &dy, &t);
                         vz[u][k] = (dy - t * ca - cb) * ck;
-                        vdz[u][k] = dy;   /* dL/dr with a residual add */
+#if RESIDUAL
+                        vdz[u][k] = dy;   /* dL/dr */
+#endif
                     }
                     store_pack(dx, base + j + u * row_threads, vz[u]);
 #if RESIDUAL

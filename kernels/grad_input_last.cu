@@ -4,9 +4,12 @@
  * fewer rows are in flight.  dx may be dz.  With RESIDUAL, also dres = dy (residual.cuh).
  * Needs: storage.h, activation.cuh, residual.cuh, channel_reduce.cuh, grad_terms.cuh,
  * channel_tile.cuh, T_KIND. */
-/* Rows in flight per thread: cupy_abn/_kernel_backend.py: unroll(). */
+/* Rows in flight per thread (one with a residual add's r beside 64-bit accumulators: sm_80
+ * with CUDA 12 would give ELU's log1p a stack frame at two).
+ * cupy_abn/_kernel_backend.py: unroll(). */
 #undef UNROLL
-#define UNROLL (VEC == 1 ? 4 : (VEC * GRAD_STREAMS * (1 + IDX64) > 8 ? 1 : 2))
+#define UNROLL (VEC == 1 ? 4 : (VEC * GRAD_STREAMS * (1 + IDX64) > 8 \
+                            || (RESIDUAL && ACC_BITS == 64) ? 1 : 2))
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
 void grad_input_last(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL const store_t *x,
@@ -38,7 +41,9 @@ void grad_input_last(GLOBAL const store_t *z, GLOBAL const store_t *dz, GLOBAL c
                     grad_terms(vz[u][k], vdz[u][k], vx[u][k], param, rparam, t_shift[k],
                                t_scale[k], &dy, &t);
                     vz[u][k] = (dy - t * ca[k] - cb[k]) * ck[k];
-                    vdz[u][k] = dy;   /* dL/dr with a residual add */
+#if RESIDUAL
+                    vdz[u][k] = dy;   /* dL/dr */
+#endif
                 }
                 store_pack(dx, i + u * w.di, vz[u]);
 #if RESIDUAL

@@ -15,6 +15,12 @@
 #undef UNROLL
 #define UNROLL 1
 #endif
+/* A residual add's r beside 64-bit accumulators: fewer packs in flight (at grad_terms.cuh's
+ * count ELU's log1p gets a stack frame), as in grad_input.cu. */
+#if RESIDUAL && ACC_BITS == 64
+#undef UNROLL
+#define UNROLL (VEC == 1 ? 2 : 1)
+#endif
 
 /* One pack's dy and dy * t into the lanes' sums a, at. */
 DEVICE void grads_add(const acc_t *vz, const acc_t *vdz, const acc_t *vx, acc_t param,

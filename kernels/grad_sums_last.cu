@@ -10,7 +10,11 @@
  * of a pack column take 3 * VEC registers, so fewer rows than grad_sums.cu.
  * cupy_abn/_kernel_backend.py: unroll(). */
 #undef UNROLL
+#if RESIDUAL && ACC_BITS == 64   /* r beside 64-bit accumulators: ELU's log1p needs room */
+#define UNROLL (VEC == 1 ? 2 : 1)
+#else
 #define UNROLL (VEC == 1 ? 4 : (VEC * GRAD_STREAMS * (1 + IDX64) > 8 ? 1 : 2))
+#endif
 
 /* One row's pack: dy and dy * t of its VEC channels into their sums a, at. */
 DEVICE void grads_add_columns(const acc_t *vz, const acc_t *vdz, const acc_t *vx,

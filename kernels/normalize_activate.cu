@@ -8,9 +8,10 @@
  * With RESIDUAL, out = phi(... + r), r read beside x (residual.cuh).
  * Needs: storage.h (STORE_BITS, PARAM_BITS, ACC_BITS, IDX64, VEC), activation.cuh,
  * residual.cuh, channel_reduce.cuh (row_walk_t). */
-/* Packs in flight per thread, per tensor read: 8-wide packs of x and r would spill at 4.
+/* Packs in flight per thread, per tensor read: with r beside x, half as many 8-wide packs, and
+ * half as many single elements with 64-bit indices (more would need a stack frame).
  * cupy_abn/_kernel_backend.py: unroll(). */
-#define UNROLL (VEC == 1 ? 8 : (RESIDUAL && VEC == 8 ? 2 : 4))
+#define UNROLL (VEC == 1 ? (RESIDUAL && IDX64 ? 4 : 8) : (RESIDUAL && VEC == 8 ? 2 : 4))
 
 KERNEL LAUNCH_BOUNDS(MAX_BLOCK, 4)
 void normalize_activate(GLOBAL const store_t *x, GLOBAL store_t *out, GLOBAL acc_t *stats,

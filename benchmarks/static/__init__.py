@@ -15,8 +15,9 @@ in a temporary ``git worktree``, in one run:
 4. reads the SASS of the sm_90 cubins those launches use (``sass.py``): hot loops, their
    instructions, ``LDG``/``STG`` widths, division sequences;
 5. predicts µs per launch and per pass on an H100 (``model.py``) and the fraction of copy
-   bandwidth: minimal traffic (training forward 3 S, evaluation forward 2 S, backward 5 S,
-   S = bytes of one tensor) / predicted time / copy bandwidth;
+   bandwidth: minimal traffic (training forward 3 S, evaluation forward 2 S, backward 5 S;
+   with the fused residual add, mode inplace, 4 S and 8 S; S = bytes of one tensor) /
+   predicted time / copy bandwidth;
 6. writes ``benchmarks/results/static_report.json`` and ``static_report.png`` and prints the
    before/after table.
 
@@ -73,6 +74,7 @@ A launch *record* (what ``model.predict_us`` reads; names are stable):
                                                    which term limits ("bandwidth", "issue",
                                                    "latency", "launch")
 
-Elements per iteration of a hot loop: store bytes / itemsize when the loop stores (one output
-element per element), else load bytes / (tensors read x itemsize).
+Elements per iteration of a hot loop: store bytes / (tensors written x itemsize) when the
+loop stores (one output element per element and written tensor: two in a residual add's
+elementwise backward, dx and dL/dr), else load bytes / (tensors read x itemsize).
 """

@@ -129,14 +129,16 @@ def _itemsize(defines, fallback: int) -> int:
     return fallback
 
 
-def _main_loop(loops: List[dict], reads: int, itemsize: int) -> Optional[dict]:
-    """The loop that streams the bulk of the tensor, with its per-element figures."""
+def _main_loop(loops: List[dict], reads: int, itemsize: int,
+               writes: int = 1) -> Optional[dict]:
+    """The loop that streams the bulk of the tensor, with its per-element figures (``writes``:
+    the tensors each element's stores go to)."""
     best = None
     for lp in loops:
         if lp.get("phase", "stream") != "stream":
             continue
         if lp["store_bytes"]:
-            e = lp["store_bytes"] / itemsize
+            e = lp["store_bytes"] / (itemsize * writes)
         elif reads:
             e = lp["load_bytes"] / (reads * itemsize)
         else:
@@ -161,8 +163,9 @@ def launch_record(launch: L.Launch, variant: dict, numel: int, itemsize: int,
                                    _occupancy.LIMITS[90])
     bps = max(occ.blocks_per_sm, 1)
     reads, big = L.streams(launch, numel)
+    outs = L.tensors_written(launch)
     item = _itemsize(fn.defines, itemsize)
-    loop = _main_loop(k.get("loops", []), reads, item) if big else None
+    loop = _main_loop(k.get("loops", []), reads, item, outs) if big else None
     if big and loop is None and k.get("store_bytes", 0) + k.get("load_bytes", 0) > 0:
         # no loop over the tensor: a thread holds its elements in registers (a channel that
         # fits one block); the whole kernel is one "iteration" (its per-channel loads too)
@@ -170,10 +173,10 @@ def launch_record(launch: L.Launch, variant: dict, numel: int, itemsize: int,
                  "stores": {}, "load_bytes": k["load_bytes"], "store_bytes": k["store_bytes"],
                  "divisions": {}, "widest_load_bytes": k["widest_load_bytes"],
                  "phase": "straight", "local_ops": 0}
-        loop = _main_loop([dict(whole, phase="stream")], reads, item)
+        loop = _main_loop([dict(whole, phase="stream")], reads, item, outs)
         if loop:
             loop["phase"] = "straight"
-    writes = 1 if loop and loop["store_bytes"] else 0
+    writes = outs if loop and loop["store_bytes"] else 0
     streaming = loop is not None
     elements = numel if streaming else 0
     load_bytes = reads * numel * item if streaming else 0

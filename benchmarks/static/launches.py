@@ -218,6 +218,14 @@ def streams(launch: Launch, numel: int) -> Tuple[int, List[StubArray]]:
     return len(reads), list(big.values())
 
 
+def tensors_written(launch: Launch) -> int:
+    """x-sized tensors a streaming launch writes: dx and dL/dr in the elementwise backward
+    of a residual add (kernels/residual.cuh), else one."""
+    fn = launch.fn
+    both = fn.entry in ("grad_input", "grad_input_last", "grad_resident")
+    return 2 if both and "-DRESIDUAL=1" in fn.defines else 1
+
+
 def small_bytes(launch: Launch, numel: int) -> int:
     """Bytes of the per-channel arrays a launch touches (each counted once)."""
     seen = {}
