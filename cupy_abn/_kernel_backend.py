@@ -489,13 +489,13 @@ class KernelBackend:
         ``saturated`` variant (the check's) counts saturated ELU outputs as well."""
         z, dz, src, stats, activation, param, t, residual, vector = terms
         acc = np.dtype(stats.dtype)
-        c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
         last = channels_last(z.shape)
         family = "grad_sums_last" if last else "grad_sums"
         residual = residual and K.residual_read(family, t)
         if vector and residual and not K.residual_vector_fits(
                 family, z.dtype, t, z.size >= K.IDX64_FROM, saturated):
-            vector = False
+            vector = False   # before the geometry: rows in single elements
+        c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
         fn = self._fn(family, store=z.dtype, param=param_dtype,
                       act=ACTIVATIONS[activation].code, t=t, idx64=idx64, vector=vector,
                       acc=acc, saturated=saturated, residual=residual)

@@ -236,3 +236,33 @@ def test_check_finite_bounds_float16_output_with_r():
         abn_forward(x, gamma, beta, rm, rv, residual=r, check_finite=True)
     np.testing.assert_array_equal(x, x0)
     z, _ = abn_forward(x, gamma, beta, rm, rv, residual=r * 0, check_finite=True)
+
+
+@pytest.mark.parametrize("last", [False, True], ids=["nchw", "channels-last"])
+@pytest.mark.parametrize("dt", [F32, F16], ids=["float32", "float16"])
+def test_checked_backward_with_residual(backend, dt, last, monkeypatch):
+    """The check's reductions with r (their SATURATED + RESIDUAL variants; float16
+    channels-last takes the scalar path): the gradients of the unchecked backward (to
+    rounding: other summation orders), no saturation reported, and ELU outputs at -alpha
+    through r counted and refused."""
+    from cupy_abn import _kernel_backend
+    monkeypatch.setattr(_kernel_backend, "RESIDENT", False)
+    to_dev, to_host = backend
+    x, gamma, beta, rm, rv, dz, r = _inputs((4, 16, 5, 6), dt, "checked", last)
+    nhwc = (lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))) if last else np.copy
+    axis = (0, 1, 2) if last else None
+
+    def run(r_host, check):
+        z, saved = abn_forward(to_dev(nhwc(x)), to_dev(gamma), to_dev(beta), residual=to_dev(
+            nhwc(r_host)), activation="elu", activation_param=1.0, axis=axis)
+        return [to_host(a) for a in abn_backward(saved, to_dev(nhwc(dz)), check_finite=check)]
+
+    tol = {np.dtype(F32): 1e-5, np.dtype(F16): 2e-3}[np.dtype(dt)]
+    for got, want in zip(run(r, True), run(r, False)):   # other reduction orders: rounding
+        scale = max(1.0, float(np.abs(want.astype(F64)).max()))
+        np.testing.assert_allclose(got.astype(F64), want.astype(F64), rtol=tol,
+                                   atol=tol * scale)
+    r_low = r.copy()
+    r_low[0, 3, 0, :3] = -60    # phi(y + r) rounds to -alpha: y + r cannot be rebuilt
+    with pytest.raises(cupy_abn.SaturatedActivationError, match="3 elu outputs.*channel 3: 3"):
+        run(r_low, True)
