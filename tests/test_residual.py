@@ -266,3 +266,31 @@ def test_checked_backward_with_residual(backend, dt, last, monkeypatch):
     r_low[0, 3, 0, :3] = -60    # phi(y + r) rounds to -alpha: y + r cannot be rebuilt
     with pytest.raises(cupy_abn.SaturatedActivationError, match="3 elu outputs.*channel 3: 3"):
         run(r_low, True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dt", [F16, F32], ids=["float16", "float32"])
+def test_fused_residual_with_float64_parameters(backend, dt, mode, monkeypatch):
+    """float64 gamma with narrower x: float64 accumulators (the residual variants that keep
+    fewer packs in flight), on the resident and the two-pass paths."""
+    from cupy_abn import _kernel_backend
+    to_dev, to_host = backend
+    rng = rng_for("f64-params", np.dtype(dt).name, mode)
+    act = "elu" if mode != "standard" else "relu"
+    for resident, shape in ((True, (3, 4, 5, 7)), (False, (2, 3, 8, 8))):
+        monkeypatch.setattr(_kernel_backend, "RESIDENT", resident)
+        x, r, dz = (rng.normal(1, 2, shape).astype(dt) for _ in range(3))
+        g, b = rng.uniform(0.5, 1.5, shape[1]), rng.normal(0, 0.5, shape[1])
+        z, saved = abn_forward(to_dev(x.copy()), to_dev(g), to_dev(b), residual=to_dev(r),
+                               mode=mode, activation=act, activation_param=1.0)
+        z = to_host(z).copy()
+        dx, dg, db, dr = (to_host(a) for a in abn_backward(saved, to_dev(dz)))
+        kw = dict(mode=mode, activation=act, param=1.0, residual=r)
+        rdx, rdg, rdb, rdr = ref_backward(x, g, b, dz, **kw)
+        sums = max(1.0, float(np.sqrt(x.size // shape[1])))
+        assert_close(z, ref_forward(x, g, b, **kw)["z"], dt, "z")
+        assert_close(dx, rdx, dt, "dx", "backward")
+        assert_close(dr, rdr, dt, "dresidual", "backward")
+        assert_close(dg, rdg, dt, "dgamma", "backward", scale=sums)
+        assert_close(db, rdb, dt, "dbeta", "backward", scale=sums)
+        assert dg.dtype == np.float64
