@@ -86,17 +86,20 @@ class GraphCaptureError(RuntimeError):
     it copies to the host and decides on the host, which a captured graph cannot replay."""
 
 
-def refuse_capture(a: Any) -> None:
-    """Raise :class:`GraphCaptureError` when ``a`` is a CuPy array and the current stream is
-    capturing a CUDA graph (before the checked pass launches anything)."""
+_CHECK_CAPTURE = ("check_finite: the finiteness check copies to the host and decides there, "
+                  "which a CUDA graph capture cannot hold; turn it off "
+                  "(check_finite=False, cupy_abn.set_check_finite(False)) for the captured "
+                  "steps")
+
+
+def refuse_capture(a: Any, message: str = _CHECK_CAPTURE) -> None:
+    """Raise :class:`GraphCaptureError` (with ``message``: why the pass cannot be captured)
+    when ``a`` is a CuPy array and the current stream is capturing a CUDA graph (before the
+    pass launches or exchanges anything)."""
     if array_family(a) == "cupy":
         import cupy
         if cupy.cuda.get_current_stream().is_capturing():
-            raise GraphCaptureError(
-                "check_finite: the finiteness check copies to the host and decides there, "
-                "which a CUDA graph capture cannot hold; turn it off "
-                "(check_finite=False, cupy_abn.set_check_finite(False)) for the captured "
-                "steps")
+            raise GraphCaptureError(message)
 
 
 def fetch(*arrays: Any) -> List[np.ndarray]:

@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _finite
 from . import _geometry as G
 from . import _validation as V
 from ._dispatch import device_scope
@@ -54,6 +55,11 @@ __all__ = ["sync_abn_forward", "sync_abn_backward"]
  _DECAY) = range(11)
 _HEADER = 11
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+# Why a synchronized training pass cannot be captured in a CUDA graph.
+_CAPTURE = ("synchronized layer: a training pass exchanges a header and the per-channel "
+            "partials through the communicator, with host-side decisions between the "
+            "stages, which a CUDA graph capture cannot hold; capture evaluation steps (no "
+            "exchange), or layers without a communicator")
 
 
 def _xp(a):
@@ -232,6 +238,9 @@ def sync_abn_forward(x, gamma, beta, running_mean, running_var, comm: Any, *,
     untouched; this rank's r, added before the activation: nothing of it is exchanged).
 
     Returns ``(z, saved)`` as :func:`cupy_abn.abn_forward`; ``saved.m`` is the global count.
+    In training it raises :class:`cupy_abn.GraphCaptureError` on a stream that is capturing a
+    CUDA graph, before anything is exchanged (the exchange decides on the host); evaluation
+    exchanges nothing and can be captured.
     """
     out = None if out is x else out
     kw: Dict[str, Any] = dict(training=training, decay=decay, eps=eps, activation=activation,
@@ -239,6 +248,7 @@ def sync_abn_forward(x, gamma, beta, running_mean, running_var, comm: Any, *,
                               residual=residual)
     if not training:
         return abn_forward(x, gamma, beta, running_mean, running_var, **kw)
+    _finite.refuse_capture(x, _CAPTURE)   # before any exchange (every rank captures alike)
     exchange = Exchange(comm)
     rejected = route = None
     try:
@@ -265,10 +275,12 @@ def sync_abn_backward(saved: SavedState, grad_output, comm: Any, *, out=None
     an optimizer that averages gradients over ranks, as ChainerMN's does).  After a forward
     with a residual, this rank's ``grad_residual`` comes fourth.  A rank whose
     ``grad_output`` is rejected still joins the sum with NaN, so that the others do not hang
-    (their gradients come out NaN), and raises its error.
+    (their gradients come out NaN), and raises its error.  A training backward raises
+    :class:`cupy_abn.GraphCaptureError` during a CUDA graph capture, as the forward does.
     """
     if not saved.training:
         return abn_backward(saved, grad_output, out=out)
+    _finite.refuse_capture(saved.z, _CAPTURE)
     exchange = Exchange(comm)
     try:
         family = V.check_backward(saved, grad_output, out)

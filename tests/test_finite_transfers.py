@@ -97,3 +97,33 @@ def test_check_during_graph_capture_raises_before_anything_is_written(two_gpus, 
         np.testing.assert_array_equal(a.arr, was)
     cupy_abn.abn_forward(x, g, b, rm, rv)   # unchecked: no host copy, capturable
     assert cupy_abn.GraphCaptureError is GraphCaptureError
+
+
+class _NoComm:
+    """A communicator that must not be used."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the communicator was used ({name}) during a capture")
+
+
+@pytest.mark.parametrize("pass_", ["forward", "backward"])
+def test_synchronized_training_during_graph_capture_raises_before_any_exchange(
+        two_gpus, monkeypatch, pass_):
+    """The synchronized layer's training passes exchange through the communicator and decide
+    on the host: a capturing stream gets GraphCaptureError, nothing exchanged or written."""
+    from cupy_abn.sync import sync_abn_backward, sync_abn_forward
+    host = make_inputs((4, 3, 40), np.float32, "sync-capture")
+    x, g, b, rm, rv, dz = (_on(0, a) for a in host)
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy_module(capturing=False))
+    z, saved = cupy_abn.abn_forward(x, g, b, rm, rv)     # a training forward's state
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy_module(capturing=True))
+    before = [a.arr.copy() for a in (x, rm, rv, dz)]
+    with pytest.raises(GraphCaptureError, match="synchronized layer"):
+        if pass_ == "forward":
+            sync_abn_forward(x, g, b, rm, rv, _NoComm())
+        else:
+            sync_abn_backward(saved, dz, _NoComm(), out=dz)
+    for a, was in zip((x, rm, rv, dz), before):
+        np.testing.assert_array_equal(a.arr, was)
+    if pass_ == "forward":   # evaluation exchanges nothing: capturable
+        sync_abn_forward(x, g, b, rm, rv, _NoComm(), training=False)
