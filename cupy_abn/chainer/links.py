@@ -300,16 +300,18 @@ class _ABNLink(chainer.Link):
                              "(created with size=None and never called)")
         xp = self.xp
         shape, dtype = self.avg_mean.shape, self.avg_mean.dtype
-        gamma = (self.gamma.array if self.gamma is not None
+        own_gamma: Any = self.gamma
+        own_beta: Any = self.beta
+        gamma = (own_gamma.array if own_gamma is not None
                  else xp.ones(shape, dtype)).astype(np.float64)
         if self.mode != "standard":
-            gamma = xp.abs(gamma if self.gamma is not None else gamma - self.eps) + self.eps
-        bn = chainer.links.BatchNormalization(shape if len(shape) > 1 else shape[0],
-                                              decay=self.decay, eps=self.eps, dtype=dtype,
-                                              axis=self.axis)
+            gamma = xp.abs(gamma if own_gamma is not None else gamma - self.eps) + self.eps
+        bn: Any = chainer.links.BatchNormalization(shape if len(shape) > 1 else shape[0],
+                                                   decay=self.decay, eps=self.eps, dtype=dtype,
+                                                   axis=self.axis)
         bn.to_device(self.device)
         bn.gamma.array[...] = gamma.astype(dtype)
-        bn.beta.array[...] = self.beta.array if self.beta is not None else 0
+        bn.beta.array[...] = own_beta.array if own_beta is not None else 0
         bn.avg_mean[...] = self.avg_mean
         bn.avg_var[...] = self.avg_var
         bn.N = self.N
