@@ -7,6 +7,8 @@ the current device instead (``tests/_fake_cupy.py``: arrays that remember their 
 a backend that asserts every array it is handed lives on the current device, as a real
 launch requires).
 """
+import sys
+
 import numpy as np
 import pytest
 
@@ -88,6 +90,8 @@ def test_sync_backward_rejection_buffer_on_the_device_of_the_layer(two_gpus, mon
     _, saved = cupy_abn.abn_forward(x, g, b, rm, rv)
     monkeypatch.setattr(sync, "Exchange", _RecordingExchange)
     monkeypatch.setattr(sync, "_xp", lambda a: fake_cupy_module())
+    # the capture check asks the (fake) cupy for the current stream
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy_module())
     _RecordingExchange.buffers.clear()
     with pytest.raises(ValueError, match="grad_output"):
         cupy_abn.sync.sync_abn_backward(saved, _on(1, np.ones((2, 3, 5), np.float32)), None)
