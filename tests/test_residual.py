@@ -2,8 +2,9 @@
 independent float64 reference (tests/_reference.py) on NumPy and on the kernels (PoCL), in
 every mode, activation and dtype; its gradient dL/dr; and the guards on r.
 
-The default tier runs every mode x activation x train/eval in float32 and a covering subset
-of the other dtypes and of channels-last x; the full tier runs the whole product."""
+The default tier runs every mode x activation in float32 training and, per mode, one
+activation in evaluation and in the other dtypes, and a covering subset of the other paths;
+the full tier runs the whole product."""
 from __future__ import annotations
 
 import itertools
@@ -27,9 +28,11 @@ def _cases():
     for dt, mode, act, tr in itertools.product((F32, F64, F16), MODES, ACTS, (True, False)):
         if act == "relu" and mode != "standard":
             continue
-        # Default tier: all of float32; float64 and float16 in one activation per mode.
+        # Default tier: every mode and activation in float32 training, and per mode one
+        # activation in evaluation and in float64 and float16 training; the full tier all.
         first = {"inplace": "leaky_relu", "inplace_v1": "elu", "standard": "identity"}[mode]
-        full = dt != F32 and act != first
+        full = (act != first) if (dt != F32 or not tr) else False
+        full = full or (dt != F32 and not tr)
         out.append(pytest.param((dt, mode, act, tr), id=case_id(dt, mode, act,
                                                                  "train" if tr else "eval"),
                                 marks=[pytest.mark.full] if full else []))
@@ -92,9 +95,11 @@ def test_fused_residual_matches_float64(backend, case):
     _check((2, 3, 4, 8), dt, mode, act, tr, *backend)
 
 
-@pytest.mark.parametrize("dt,mode,tr", [(F32, "inplace", True), (F32, "standard", True),
-                                        (F64, "inplace_v1", True), (F32, "inplace", False),
-                                        (F16, "inplace", True)], ids=str)
+@pytest.mark.parametrize("dt,mode,tr", [
+    (F32, "inplace", True), (F16, "inplace_v1", True),
+    pytest.param(F32, "standard", True, marks=pytest.mark.full),
+    pytest.param(F64, "inplace_v1", True, marks=pytest.mark.full),
+    pytest.param(F32, "inplace", False, marks=pytest.mark.full)], ids=str)
 def test_fused_residual_two_pass_and_scalar_paths(backend, dt, mode, tr, monkeypatch):
     """The reductions + elementwise kernels (channels too big for one block, forced here)
     on packs (8x8) and on single elements (7x7)."""
@@ -238,8 +243,11 @@ def test_check_finite_bounds_float16_output_with_r():
     z, _ = abn_forward(x, gamma, beta, rm, rv, residual=r * 0, check_finite=True)
 
 
-@pytest.mark.parametrize("last", [False, True], ids=["nchw", "channels-last"])
-@pytest.mark.parametrize("dt", [F32, F16], ids=["float32", "float16"])
+@pytest.mark.parametrize("dt,last", [
+    (F16, True), (F32, False),
+    pytest.param(F16, False, marks=pytest.mark.full),
+    pytest.param(F32, True, marks=pytest.mark.full)],
+    ids=["float16-channels-last", "float32-nchw", "float16-nchw", "float32-channels-last"])
 def test_checked_backward_with_residual(backend, dt, last, monkeypatch):
     """The check's reductions with r (their SATURATED + RESIDUAL variants; float16
     channels-last takes the scalar path): the gradients of the unchecked backward (to
@@ -268,8 +276,10 @@ def test_checked_backward_with_residual(backend, dt, last, monkeypatch):
         run(r_low, True)
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dt", [F16, F32], ids=["float16", "float32"])
+@pytest.mark.parametrize("dt,mode", [
+    (F16, "inplace")] + [pytest.param(d, m, marks=pytest.mark.full)
+                         for d in (F16, F32) for m in MODES if (d, m) != (F16, "inplace")],
+    ids=str)
 def test_fused_residual_with_float64_parameters(backend, dt, mode, monkeypatch):
     """float64 gamma with narrower x: float64 accumulators (the residual variants that keep
     fewer packs in flight), on the resident and the two-pass paths."""

@@ -73,6 +73,7 @@ def test_array_api_with_bare_mpi4py_communicator():
     _run(3, "array", comm="mpi4py")
 
 
+@pytest.mark.full
 def test_fused_residual_matches_one_process():
     """sync_abn_forward(residual=): NumPy and the kernels on PoCL, 2 ranks."""
     pytest.importorskip("pyopencl")
