@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+from dataclasses import asdict
 import json
 import sys
 import time
@@ -44,6 +45,7 @@ import _resnext as R  # noqa: E402  (imports cupy_abn.chainer first: NumPy 2 ste
 import chainer  # noqa: E402
 import chainer.functions as F  # noqa: E402
 from cupy_abn._environment import describe  # noqa: E402
+from cupy_abn.demo.memory import fit  # noqa: E402  (the demo's line through the batches)
 
 GIB = 2 ** 30
 ANCHOR = ("Rota Bulò et al., CVPR 2018: InPlace-ABN saves 'up to 50%' of the training "
@@ -85,27 +87,18 @@ def measure(net, batch: int, size: int, seed: int = 0) -> Dict[str, Any]:
             "layers": layers, "forward_s": t1 - t0, "backward_s": t2 - t1}
 
 
-def _line(points: Dict[int, float]) -> Dict[str, float]:
-    b = np.array(sorted(points), float)
-    v = np.array([points[k] for k in sorted(points)], float)
-    slope, icept = np.polyfit(b, v, 1) if len(b) > 1 else (v[0] / b[0], 0.0)
-    return {"fixed": float(icept), "per_sample": float(slope)}
-
-
 def summarize(form: str, runs: List[Dict[str, Any]], params: int,
               budgets_gib: Sequence[float], at: int) -> Dict[str, Any]:
-    kept = _line({r["batch"]: r["kept_bytes"] for r in runs})
-    peak = _line({r["batch"]: r["peak_bytes"] for r in runs})
+    kept_line = fit({r["batch"]: r["kept_bytes"] for r in runs})
+    peak_line = fit({r["batch"]: r["peak_bytes"] for r in runs})
+    kept, peak = asdict(kept_line), asdict(peak_line)
     state = 8 * params          # float32 parameters and a momentum buffer
-    largest = {}
-    for g in budgets_gib:
-        room = g * GIB - state - peak["fixed"]
-        largest[f"{g:g}"] = max(0, int(room // peak["per_sample"]))
+    largest = {f"{g:g}": peak_line.largest_batch(int(g * GIB) - state) for g in budgets_gib}
     names = [n for n, _ in runs[0]["layers"]]
     per_layer = []
     for i, name in enumerate(names):
         pts = {r["batch"]: r["layers"][i][1] for r in runs}
-        per_layer.append({"layer": name, "kept_per_sample": _line(pts)["per_sample"]})
+        per_layer.append({"layer": name, "kept_per_sample": fit(pts).per_sample})
     return {"form": form, "label": R.LABELS[form], "runs": runs, "kept_fit": kept,
             "peak_fit": peak, "kept_bytes_at": int(kept["fixed"] + kept["per_sample"] * at),
             "peak_bytes_at": int(peak["fixed"] + peak["per_sample"] * at),
@@ -169,6 +162,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
+    if len(set(batches)) < 2:
+        p.error("--batches: at least two batch sizes (the line through them predicts the rest)")
     budgets = [float(g) for g in args.budgets_gib.split(",")]
     depths = tuple(int(d) for d in args.depths.split(","))
     bar = _progress.bar(len(R.FORMS) * len(batches), not args.no_progress, "resnext101")

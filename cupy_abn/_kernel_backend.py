@@ -231,7 +231,11 @@ class KernelBackend:
         data takes the scalar path)."""
         store = arrays[0].dtype
         return (_rows_fit_packs(shape, store) and (acc is None or K.vector_fits(store, acc))
-                and all(self.rt.aligned(a, K.PACK_BYTES) for a in arrays if a is not None))
+                and self._aligned(*arrays))
+
+    def _aligned(self, *arrays) -> bool:
+        """Every given array (None: absent) starts on a 16-byte pack boundary."""
+        return all(self.rt.aligned(a, K.PACK_BYTES) for a in arrays if a is not None)
 
     def _geometry(self, shape, dtype, vector):
         """(channels, row length in packs, packs per channel, index type, idx64).
@@ -542,8 +546,7 @@ class KernelBackend:
         coef = self.rt.empty((N_COEF, c), acc)
         finish = (gamma, acc.type(m), np.int32(bool(training)), np.int32(bool(abs_gamma)),
                   dgamma, dbeta, coef)
-        vector = vector and all(self.rt.aligned(a, K.PACK_BYTES) for a in (dx, dres)
-                                if a is not None)
+        vector = vector and self._aligned(dx, dres)
         _, row_len, mp, it, idx64 = self._geometry(z.shape, z.dtype, vector)
         block = self._resident(mp, z.dtype, vector, idx64, acc, channels_last(z.shape),
                                dres is not None)
@@ -585,16 +588,16 @@ class KernelBackend:
         ``dres``."""
         z, dz, src, stats, activation, param, t, _, vector = terms
         residual = dres is not None   # dL/dr written (r itself read where t needs it)
-        if vector and not all(self.rt.aligned(a, K.PACK_BYTES) for a in (dx, dres)
-                              if a is not None):
+        last = channels_last(z.shape)
+        if vector and not self._aligned(dx, dres):
             vector = False
-        family = "grad_input_last" if channels_last(z.shape) else "grad_input"
-        if vector and residual and not K.residual_vector_fits(family, z.dtype, t, False):
+        if vector and residual and not K.residual_vector_fits(
+                "grad_input_last" if last else "grad_input", z.dtype, t, False):
             vector = False
         acc = np.dtype(stats.dtype)
         c, row_len, m, it, idx64 = self._geometry(z.shape, z.dtype, vector)
         src = z if src is None else src
-        if channels_last(z.shape):
+        if last:
             tile_x, tiles, parts, block = self._tile_rows(
                 m, row_len, unroll("grad_input", K.vec_width(z.dtype, vector), t, idx64, True,
                                    residual=residual, acc64=acc == np.float64))
